@@ -1,0 +1,55 @@
+# Inside nn.Module: set-up, lab, tests and the instructor's nbgrader steps.
+# `make lab` and `make test` each build .venv first when it is missing or stale.
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+JUPYTER_PORT ?= 8888
+PYTEST_ARGS ?=
+# Units whose nbgrader source exists under solutions/
+ASSIGNMENTS := $(notdir $(wildcard solutions/[0-9][0-9]_*))
+
+.PHONY: help lab test test-fast test-cuda exercises validate autograde feedback clean
+.DEFAULT_GOAL := help
+
+help: ## list the targets
+	@grep -E '^[a-z.-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+
+$(VENV): pyproject.toml ## create the virtual environment (only set-up)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade "pip>=24"
+	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/jupyter server extension enable --sys-prefix nbgrader >/dev/null
+	$(BIN)/jupyter labextension enable @jupyter/nbgrader >/dev/null
+	touch $(VENV)
+
+lab: $(VENV) ## open JupyterLab on the course, with nbgrader's extensions (honours JUPYTER_PORT)
+	$(BIN)/jupyter lab --ServerApp.root_dir="$(CURDIR)" --port=$(JUPYTER_PORT) --ServerApp.port_retries=0
+
+test: $(VENV) ## run everything CI runs
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(VENV) ## grader unit tests only, no notebooks
+	$(BIN)/python -m pytest -m "not notebooks" $(PYTEST_ARGS)
+
+test-cuda: $(VENV) ## device-matrix tests and solution notebooks on cpu and cuda (needs a GPU)
+	GRADER_DEVICES=cpu,cuda $(BIN)/python -m pytest -m "device or notebooks" $(PYTEST_ARGS)
+
+exercises: $(VENV) ## regenerate exercises/ (the student release) from solutions/
+	for a in $(ASSIGNMENTS); do $(BIN)/nbgrader generate_assignment "$$a" --force --CourseDirectory.db_url=sqlite:// || exit 1; done
+
+validate: $(VENV) ## nbgrader validate: solutions must pass, exercises must fail
+	$(BIN)/nbgrader validate solutions/*/*.ipynb
+	$(BIN)/nbgrader validate --invert exercises/*/*.ipynb
+
+autograde: $(VENV) ## autograde every submission of ASSIGNMENT (stock nbgrader)
+	@test -n "$(ASSIGNMENT)" || { echo "usage: make autograde ASSIGNMENT=01_registration"; exit 2; }
+	$(BIN)/nbgrader autograde "$(ASSIGNMENT)"
+
+feedback: $(VENV) ## generate feedback for every graded submission of ASSIGNMENT
+	@test -n "$(ASSIGNMENT)" || { echo "usage: make feedback ASSIGNMENT=01_registration"; exit 2; }
+	$(BIN)/nbgrader generate_feedback "$(ASSIGNMENT)"
+
+clean: ## remove the virtual environment and caches
+	rm -rf $(VENV) .pytest_cache
+	find . -name __pycache__ -prune -exec rm -rf {} +

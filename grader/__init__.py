@@ -1,0 +1,16 @@
+"""Checks for the Inside nn.Module course.
+
+A test cell calls a check on the student's model; the check prints one verdict
+line, or raises CheckFailed with a diagnosis and a hint. The package holds no
+solutions and no hidden-test data: students have it installed.
+"""
+
+from .checks import (check_counting, check_device_transfer, check_eval_behaviour, check_gradient_flow,
+                     check_learning, check_model, check_names, check_trainable_count)
+from .diagnose import find_hidden
+from .report import CheckFailed
+
+__all__ = [
+    "CheckFailed", "check_counting", "check_device_transfer", "check_eval_behaviour", "check_gradient_flow",
+    "check_learning", "check_model", "check_names", "check_trainable_count", "find_hidden",
+]
