@@ -7,10 +7,9 @@ solutions and no hidden-test data: students have it installed.
 
 from .checks import (check_counting, check_device_transfer, check_eval_behaviour, check_gradient_flow,
                      check_learning, check_model, check_names, check_trainable_count)
-from .diagnose import find_hidden
 from .report import CheckFailed
 
 __all__ = [
     "CheckFailed", "check_counting", "check_device_transfer", "check_eval_behaviour", "check_gradient_flow",
-    "check_learning", "check_model", "check_names", "check_trainable_count", "find_hidden",
+    "check_learning", "check_model", "check_names", "check_trainable_count",
 ]

@@ -431,7 +431,7 @@ def check_counting(fn: Callable, build: Callable, cases, counts: str = "trainabl
             fail(title, f"{plural(len(wrong), 'case')} of {len(cases)} wrong", wrong,
                  hint="count each tensor's elements: print([(n, tuple(t.shape)) for n, t in "
                       "model.named_parameters()]) and compare with your formula")
-    verdict(title, f"{fn.__name__} matches torch on {plural(len(cases), 'case')}", "cpu")
+    verdict(title, f"{fn.__name__} matches torch on {plural(len(cases), 'case')}")
 
 
 def check_names(fn: Callable, model: nn.Module, expected, what: str = "names"):
@@ -455,4 +455,5 @@ def check_names(fn: Callable, model: nn.Module, expected, what: str = "names"):
         if details:
             fail(title, f"wrong {what} for this {type(model).__name__}", details,
                  hint="walk every submodule with named_modules() and look at each attribute in vars(module)")
-    verdict(title, f"finds all {plural(len(expected), 'name')} in {type(model).__name__}", "cpu")
+    found = f"finds all {plural(len(expected), 'name')}" if expected else "finds nothing, as it should,"
+    verdict(title, f"{found} in {type(model).__name__}")

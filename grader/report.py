@@ -12,8 +12,9 @@ class CheckFailed(AssertionError):
     """A check's verdict against the student's code; the message is the diagnosis."""
 
 
-def verdict(check: str, summary: str, devices: str) -> None:
-    print(f"{PASS} {check}: {summary} [{devices}]")
+def verdict(check: str, summary: str, devices: str = "") -> None:
+    where = f" [{devices}]" if devices else ""
+    print(f"{PASS} {check}: {summary}{where}")
 
 
 def fail(check: str, problem: str, details=(), hint: str = "", devices: str = ""):
@@ -24,7 +25,9 @@ def fail(check: str, problem: str, details=(), hint: str = "", devices: str = ""
     lines += [f"  - {d}" for d in details]
     if hint:
         lines.append(f"Hint: {hint}")
-    raise CheckFailed("\n".join(lines))
+    diagnosis = "\n".join(lines)
+    # The grader's verdict on your code: the message below says what is wrong and where to look.
+    raise CheckFailed(diagnosis)
 
 
 @contextlib.contextmanager
@@ -42,7 +45,7 @@ def quiet():
             yield
         except CheckFailed as failure:
             notes = _warning_notes(caught)
-            if notes:
+            if notes:  # the same verdict, with the warnings torch gave on the way
                 raise CheckFailed(f"{failure}\n" + "\n".join(notes)).with_traceback(None) from None
             raise
 
