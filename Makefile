@@ -6,6 +6,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 JUPYTER_PORT ?= 8888
 PYTEST_ARGS ?=
+# nbgrader runs some tools (alembic) by name, so the venv's bin/ goes first on PATH.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 # Units whose nbgrader source exists under solutions/
 ASSIGNMENTS := $(notdir $(wildcard solutions/[0-9][0-9]_*))
 
@@ -36,7 +38,7 @@ test-cuda: $(VENV) ## device-matrix tests and solution notebooks on cpu and cuda
 	GRADER_DEVICES=cpu,cuda $(BIN)/python -m pytest -m "device or notebooks" $(PYTEST_ARGS)
 
 exercises: $(VENV) ## regenerate exercises/ (the student release) from solutions/
-	for a in $(ASSIGNMENTS); do $(BIN)/nbgrader generate_assignment "$$a" --force --CourseDirectory.db_url=sqlite:// || exit 1; done
+	for a in $(ASSIGNMENTS); do $(BIN)/nbgrader generate_assignment "$$a" --force || exit 1; done
 
 validate: $(VENV) ## nbgrader validate: solutions must pass, exercises must fail
 	$(BIN)/nbgrader validate solutions/*/*.ipynb
