@@ -1,0 +1,61 @@
+"""The assignments through the real nbgrader CLI: validate both ways, no drift, autograde round trip."""
+
+import shutil
+
+import nbformat
+import pytest
+from nbgrader.api import Gradebook
+
+from conftest import ASSIGNMENTS, ROOT, nbgrader
+
+pytestmark = pytest.mark.notebooks
+
+
+def notebooks(folder: str):
+    return sorted((ROOT / folder).glob("*/*.ipynb"))
+
+
+def test_there_is_something_to_test():
+    assert ASSIGNMENTS and notebooks("solutions") and notebooks("exercises")
+
+
+@pytest.mark.parametrize("notebook", notebooks("solutions"), ids=lambda p: p.parent.name)
+def test_reference_solution_passes_nbgrader_validate(notebook):
+    done = nbgrader("validate", str(notebook), cwd=ROOT)
+    assert "Success! Your notebook passes all the tests." in done.stdout, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("notebook", notebooks("exercises"), ids=lambda p: p.parent.name)
+def test_blank_release_fails_every_test(notebook):
+    done = nbgrader("validate", "--invert", str(notebook), cwd=ROOT)
+    assert "Success! The notebook does not pass any tests." in done.stdout, done.stdout + done.stderr
+
+
+def _comparable(path):
+    notebook = nbformat.read(path, as_version=4)
+    return [(c.cell_type, c.source, c.metadata.get("nbgrader")) for c in notebook.cells], notebook.metadata
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_exercises_match_what_generate_assignment_makes(course, assignment):
+    generated = sorted(p.name for p in (course / "exercises" / assignment).glob("*.ipynb"))
+    committed = sorted(p.name for p in (ROOT / "exercises" / assignment).glob("*.ipynb"))
+    assert committed == generated, "exercises/ has other notebooks than solutions/: run `make exercises`"
+    for name in generated:
+        assert _comparable(ROOT / "exercises" / assignment / name) == \
+            _comparable(course / "exercises" / assignment / name), \
+            f"exercises/{assignment}/{name} drifted from solutions/: run `make exercises`, never edit it by hand"
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_autograde_gives_reference_full_marks_and_blank_zero(course, assignment):
+    for student, source in (("reference", "solutions"), ("blank", "exercises")):
+        target = course / "submitted" / student / assignment
+        shutil.copytree(course / source / assignment, target, dirs_exist_ok=True)
+    nbgrader("autograde", assignment, "--force", cwd=course)
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gradebook:
+        max_score = gradebook.find_assignment(assignment).max_score
+        reference = gradebook.find_submission(assignment, "reference").score
+        blank = gradebook.find_submission(assignment, "blank").score
+    assert max_score > 0
+    assert (reference, blank) == (max_score, 0)

@@ -1,0 +1,166 @@
+"""The grader's checks against a corpus of broken models: each is rejected with the right hint."""
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import broken_models as bm
+from grader import (CheckFailed, check_counting, check_device_transfer, check_eval_behaviour,
+                    check_gradient_flow, check_learning, check_model, check_names, check_trainable_count)
+from grader.checks import _agree
+
+pytestmark = pytest.mark.device
+
+COUNT = lambda model: check_trainable_count(model)  # noqa: E731
+GRAD = lambda model: check_gradient_flow(model, bm.EXAMPLE)  # noqa: E731
+EVAL = lambda model: check_eval_behaviour(model, bm.EXAMPLE)  # noqa: E731
+LEARN = lambda model: check_learning(model, bm.EXAMPLE)  # noqa: E731
+MOVE = lambda model: check_device_transfer(model, bm.EXAMPLE)  # noqa: E731
+
+# (broken model, check that must reject it, fragments its message must contain)
+REJECTIONS = [
+    (bm.ListOfLayers, COUNT, ["3 nn.Linear layers sit in a plain list at `self.layers`", "use nn.ModuleList"]),
+    (bm.ListOfLayers, GRAD, ["plain list at `self.layers`", "nn.ModuleList"]),
+    (bm.ListOfLayers, LEARN, ["optimizer got an empty parameter list", "self.layers"]),
+    (bm.ListOfLayers, MOVE, ["plain list at `self.layers`"]),
+    (bm.ListBesideRegistered, COUNT, ["2 nn.Linear layers sit in a plain list at `self.blocks`", "2,112 more are hidden"]),
+    (bm.DictOfHeads, COUNT, ["plain dict at `self.heads`", "use nn.ModuleDict"]),
+    (bm.TupleOfLayers, COUNT, ["plain tuple at `self.pair`", "use nn.ModuleList"]),
+    (bm.LocalLayerInForward, GRAD, ["shape [10, 32] takes part in forward but is not registered", "inside forward"]),
+    (bm.LocalLayerInForward, LEARN, ["does not list", "a layer created inside forward"]),
+    (bm.LocalLayerInForward, EVAL, ["different outputs", "created inside forward"]),
+    (bm.AttributeLayerInForward, LEARN, ["`fc2.weight` is a new tensor after forward", "`self.fc2` is assigned inside forward"]),
+    (bm.AttributeLayerInForward, GRAD, ["`self.fc2` is assigned inside forward"]),
+    (bm.PlainTensorWeight, COUNT, ["plain tensor (shape [10]) at `self.scale`", "nn.Parameter", "10 more are hidden"]),
+    (bm.PlainTensorWeight, GRAD, ["`self.scale`", "nn.Parameter"]),
+    (bm.PlainTensorMask, MOVE, ["plain tensor (shape [10]) at `self.mask`", "register_buffer"]),
+    (bm.TensorMadeInForward, MOVE, ["not on the expected device meta", "without device=x.device"]),
+    (bm.ForgottenEval, EVAL, ["still in training mode", "`drop` has training=True", "super().train(mode)"]),
+    (bm.FunctionalDropoutAlwaysOn, EVAL, ["different outputs", "training=self.training"]),
+    (bm.DetachedOutput, GRAD, ["`fc1.weight` gets no gradient", "`fc1` runs", "detached"]),
+    (bm.NumpyInForward, GRAD, ["Can't call numpy()", "forward calls .numpy()"]),
+    (bm.UnusedLayer, GRAD, ["`extra.weight` gets no gradient", "`extra` never runs in forward (unused)"]),
+    (bm.NoSuperInit, COUNT, ["cannot assign module before Module.__init__() call", "first line of __init__"]),
+    (bm.NoSuperInit, GRAD, ["super().__init__()"]),
+    (bm.BatchStatsInEval, EVAL, ["depends on the other samples in its batch", "running statistics"]),
+    (bm.UpdatesStatsInEval, EVAL, ["buffers changed during an eval-mode forward", "`running_mean` changed"]),
+    (bm.InplaceBreaksAutograd, GRAD, ["modified by an inplace operation", "out-of-place"]),
+    (bm.InplaceBreaksAutograd, LEARN, ["modified by an inplace operation"]),
+    (lambda: bm.FrozenLayer(), lambda m: check_trainable_count(m, expected=bm.linear_count(bm.IN, bm.HIDDEN, bm.OUT)),
+     ["672 parameters are frozen (requires_grad=False): `fc1.weight`, `fc1.bias`"]),
+    (bm.SharedWhereTwoMeant, lambda m: check_trainable_count(m, expected=bm.linear_count(bm.IN, bm.HIDDEN, bm.HIDDEN, bm.HIDDEN, bm.OUT)),
+     ["`mid1` and `mid2` are one shared module", "counts its parameters once"]),
+    (bm.GoodMLP, lambda m: check_trainable_count(m, expected=bm.GOOD_COUNT + 1), ["too few"]),
+    (bm.GoodMLP, lambda m: check_trainable_count(m, expected=bm.GOOD_COUNT - 1), ["too many"]),
+]
+
+
+@pytest.mark.parametrize("model, check, fragments", REJECTIONS,
+                         ids=[f"{getattr(m, '__name__', 'model')}-{i}" for i, (m, _, _) in enumerate(REJECTIONS)])
+def test_broken_model_is_rejected_with_the_right_hint(model, check, fragments, capsys):
+    with pytest.raises(CheckFailed) as failure:
+        check(model)
+    message = str(failure.value)
+    for fragment in fragments:
+        assert fragment in message, f"missing {fragment!r} in:\n{message}"
+    assert capsys.readouterr().err == ""
+
+
+def test_good_model_passes_every_check_with_one_verdict_line_each(capsys):
+    check_model(bm.GoodMLP, bm.EXAMPLE, expected=bm.GOOD_COUNT)
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "✓ trainable parameters", "✓ gradient flow", "✓ eval behaviour", "✓ learning", "✓ device transfer"]
+    assert all(line.endswith("[cpu]") for line in lines)
+    assert "1,066 in 6 tensors" in lines[0]
+    assert err == ""
+
+
+def test_an_instance_is_copied_not_mutated():
+    model = bm.GoodMLP()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    check_learning(model, bm.EXAMPLE)
+    check_eval_behaviour(model, bm.EXAMPLE)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert model.training
+
+
+class WarnsButCorrect(nn.Module):
+    """Correct, but torch warns on every call (a full backward hook whose inputs need no grad)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(bm.IN, bm.OUT)
+        self.fc.register_full_backward_hook(lambda module, grad_in, grad_out: None)
+
+    def forward(self, x):
+        warnings.warn("a warning from inside forward", UserWarning)
+        return self.fc(x)
+
+
+def test_torch_warnings_never_reach_stderr(capsys):
+    check_model(WarnsButCorrect, bm.EXAMPLE)
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert out.count("✓") == 5
+
+
+def test_warnings_are_quoted_in_a_failure(capsys):
+    class WarnsAndBroken(WarnsButCorrect):
+        def forward(self, x):
+            return super().forward(x).detach()
+
+    with pytest.raises(CheckFailed, match="torch warned: UserWarning: a warning from inside forward"):
+        check_gradient_flow(WarnsAndBroken, bm.EXAMPLE)
+    assert capsys.readouterr().err == ""
+
+
+def test_a_factory_that_returns_something_else_is_named():
+    with pytest.raises(CheckFailed, match="expected an nn.Module, got int"):
+        check_trainable_count(lambda: 3)
+
+
+def test_a_model_without_trainable_parameters_fails_gradient_flow():
+    frozen = lambda: nn.Linear(3, 2).requires_grad_(False)  # noqa: E731
+    with pytest.raises(CheckFailed, match="no trainable parameters"):
+        check_gradient_flow(frozen, (4, 3))
+    with pytest.raises(CheckFailed, match="empty parameter list"):
+        check_learning(frozen, (4, 3))
+
+
+def test_devices_that_disagree_are_reported():
+    cpu = torch.device("cpu")
+    with pytest.raises(CheckFailed, match=r"results on cpu differ from cpu \(largest gap 1.0\)"):
+        _agree("gradient flow", [cpu, cpu], [torch.zeros(3), torch.ones(3)])
+    _agree("gradient flow", [cpu, cpu], [1.0, 1.0 + 1e-6])
+
+
+def test_check_counting_names_the_wrong_case(capsys):
+    def linear_params(i, o):
+        return i * o  # forgets the bias
+
+    with pytest.raises(CheckFailed) as failure:
+        check_counting(linear_params, nn.Linear, [(20, 64), (3, 2)])
+    message = str(failure.value)
+    assert "2 cases of 2 wrong" in message
+    assert "linear_params(20, 64) returned 1280, but nn.Linear built with (20, 64) has 1,344 trainable parameters" in message
+    check_counting(lambda i, o: i * o + o, nn.Linear, [(20, 64)])
+    assert capsys.readouterr().out.startswith("✓ counting trainable parameters: <lambda> matches torch on 1 case")
+    with pytest.raises(ValueError, match="counts must be one of"):
+        check_counting(linear_params, nn.Linear, [(1, 1)], counts="weights")
+
+
+def test_check_names_reports_missed_extra_and_repeated():
+    model = bm.ListOfLayers()
+    with pytest.raises(CheckFailed) as failure:
+        check_names(lambda m: ["self.layers[0]", "self.layers[0]", "self.fc"], model,
+                    ["self.layers[0]", "self.layers[1]", "self.layers[2]"])
+    message = str(failure.value)
+    assert "missed 'self.layers[1]'" in message and "missed 'self.layers[2]'" in message
+    assert "reported 'self.fc', which it should not" in message
+    assert "reported 'self.layers[0]' more than once" in message
+    with pytest.raises(CheckFailed, match="returned None, not a list"):
+        check_names(lambda m: None, model, [])
