@@ -167,7 +167,8 @@ def check_trainable_count(model, expected: int | None = None, *, device):
         frozen = frozen_parameters(m)
         if count < expected and frozen:
             names = ", ".join(f"`{n}`" for n, _ in frozen)
-            details.append(f"{plural(sum(n for _, n in frozen), 'parameter')} are frozen (requires_grad=False): {names}")
+            total = sum(n for _, n in frozen)
+            details.append(f"{plural(total, 'parameter')} {'is' if total == 1 else 'are'} frozen (requires_grad=False): {names}")
         for group in shared_modules(m):
             details.append(f"{' and '.join(f'`{n}`' for n in group)} are one shared module: "
                            "parameters() counts its parameters once")

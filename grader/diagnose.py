@@ -104,7 +104,7 @@ def find_hidden(model: nn.Module) -> list[Hidden]:
                 if not items:
                     continue
                 kind = "module" if any(isinstance(x, nn.Module) for x in items) else "tensor"
-                container = type(value).__name__ if type(value) in (list, tuple, dict) else "dict"
+                container = "dict" if isinstance(value, dict) else "tuple" if isinstance(value, tuple) else "list"
                 total, trainable = _elements(items)
                 found.append(Hidden(where, container, _count_types(items), total, trainable,
                                     _CONTAINER_FIX[(container, kind)]))

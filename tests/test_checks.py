@@ -19,6 +19,16 @@ EVAL = lambda model: check_eval_behaviour(model, bm.EXAMPLE)  # noqa: E731
 LEARN = lambda model: check_learning(model, bm.EXAMPLE)  # noqa: E731
 MOVE = lambda model: check_device_transfer(model, bm.EXAMPLE)  # noqa: E731
 
+class _LayerList(list):
+    pass
+
+
+def _with_list_subclass():
+    model = bm.ListOfLayers()
+    vars(model)["layers"] = _LayerList(model.layers)
+    return model
+
+
 # (broken model, check that must reject it, fragments its message must contain)
 REJECTIONS = [
     (bm.ListOfLayers, COUNT, ["3 nn.Linear layers sit in a plain list at `self.layers`", "use nn.ModuleList"]),
@@ -27,6 +37,7 @@ REJECTIONS = [
     (bm.ListOfLayers, MOVE, ["plain list at `self.layers`"]),
     (bm.ListBesideRegistered, COUNT, ["2 nn.Linear layers sit in a plain list at `self.blocks`", "2,112 more are hidden"]),
     (bm.DictOfHeads, COUNT, ["plain dict at `self.heads`", "use nn.ModuleDict"]),
+    (lambda: _with_list_subclass(), COUNT, ["plain list at `self.layers`", "use nn.ModuleList"]),
     (bm.TupleOfLayers, COUNT, ["plain tuple at `self.pair`", "use nn.ModuleList"]),
     (bm.LocalLayerInForward, GRAD, ["shape [10, 32] takes part in forward but is not registered", "inside forward"]),
     (bm.LocalLayerInForward, LEARN, ["does not list", "a layer created inside forward"]),
