@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nbformat
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,3 +45,19 @@ def course(tmp_path_factory) -> Path:
     for assignment in ASSIGNMENTS:
         nbgrader("generate_assignment", assignment, cwd=root)
     return root
+
+
+def run_cells(notebook: str, *grade_ids: str, namespace: dict | None = None) -> dict:
+    """Execute the named cells of a course notebook (path relative to the repo) in one namespace.
+
+    Tests use it to take broken models and reference code from the notebooks themselves, so the
+    test and the notebook cannot drift apart. Cells run in the order given.
+    """
+    cells = {c.metadata.get("nbgrader", {}).get("grade_id") or c.get("id"): c
+             for c in nbformat.read(ROOT / notebook, as_version=4).cells}
+    namespace = {} if namespace is None else namespace
+    for grade_id in grade_ids:
+        if grade_id not in cells:
+            raise KeyError(f"{notebook} has no cell {grade_id!r}")
+        exec(compile(cells[grade_id].source, f"{notebook}#{grade_id}", "exec"), namespace)
+    return namespace
