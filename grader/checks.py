@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from . import devices
-from .diagnose import (explain_error, describe_error, find_hidden, frozen_parameters,
+from .diagnose import (explain_error, describe_error, find_hidden, frozen_parameters, own_parameters_totalling,
                        shared_modules, type_name, unregistered_leaves)
 from .report import fail, plural, quiet, verdict
 
@@ -172,10 +172,18 @@ def check_trainable_count(model, expected: int | None = None, *, device):
         for group in shared_modules(m):
             details.append(f"{' and '.join(f'`{n}`' for n in group)} are one shared module: "
                            "parameters() counts its parameters once")
+        surplus = own_parameters_totalling(m, count - expected) if count > expected else []
+        if surplus:
+            details.append(f"{' and '.join(f'`{n}`' for n in surplus)} {'accounts' if len(surplus) == 1 else 'account'} "
+                           f"for exactly the {count - expected:,} extra: constants or statistics stored as nn.Parameter "
+                           "belong in buffers (self.register_buffer), which the optimizer never sees")
         problem = f"the model has {count:,} trainable parameters; the exercise asks for {expected:,}"
         hint = ("too few: look for a missing layer or bias, frozen parameters, or a layer reused where a new one was meant"
                 if count < expected else
                 "too many: look for an extra layer, a bias that should be off (bias=False), or a wrong layer size")
+        if surplus:
+            hint = ("too many: the optimizer trains every nn.Parameter, so constants and running statistics "
+                    "belong in buffers; otherwise look for an extra layer or a bias that should be off")
         fail(title, problem, details, hint=hint, devices=where)
     tensors = sum(1 for p in m.parameters() if p.requires_grad)
     return f"{count:,} in {plural(tensors, 'tensor')}, all registered", count

@@ -120,6 +120,25 @@ def shared_modules(model: nn.Module) -> list[list[str]]:
     return [group for group in names.values() if len(group) > 1]
 
 
+def own_parameters_totalling(model: nn.Module, surplus: int) -> list[str]:
+    """Trainable parameters set directly on one of your own (non-torch) modules whose sizes add up to ``surplus``.
+
+    A count that is too high by exactly these is the mark of constants or statistics stored
+    as nn.Parameter where a buffer belongs. torch's own layers are left out: their parameters
+    are not yours to turn into buffers.
+    """
+    for prefix, module in model.named_modules():
+        if type(module).__module__.startswith("torch.nn"):
+            continue
+        own = [(f"{prefix}.{n}" if prefix else n, p) for n, p in module.named_parameters(recurse=False) if p.requires_grad]
+        singles = [name for name, p in own if p.numel() == surplus]
+        if singles:
+            return singles[:1]
+        if own and sum(p.numel() for _, p in own) == surplus:
+            return [name for name, _ in own]
+    return []
+
+
 def frozen_parameters(model: nn.Module) -> list[tuple[str, int]]:
     return [(name, p.numel()) for name, p in model.named_parameters() if not p.requires_grad]
 
