@@ -20,6 +20,14 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.notebooks)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the item, so fixtures can react to a failed test (screenshots)."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
 def tool_env() -> dict:
     """The environment with this interpreter's bin/ first (nbgrader calls `alembic` by name)."""
     env = dict(os.environ)
