@@ -7,9 +7,11 @@ solutions and no hidden-test data: students have it installed.
 
 from .checks import (check_counting, check_device_transfer, check_eval_behaviour, check_gradient_flow,
                      check_learning, check_model, check_names, check_trainable_count)
+from .equivalence import check_matches_torch, check_roles, check_tensors
 from .report import CheckFailed
 
 __all__ = [
     "CheckFailed", "check_counting", "check_device_transfer", "check_eval_behaviour", "check_gradient_flow",
     "check_learning", "check_model", "check_names", "check_trainable_count",
+    "check_matches_torch", "check_roles", "check_tensors",
 ]
