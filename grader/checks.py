@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from . import devices
-from .diagnose import (explain_error, describe_error, find_hidden, frozen_parameters, own_parameters_totalling,
-                       shared_modules, type_name, unregistered_leaves)
+from .diagnose import (empty_slots, explain_error, describe_error, find_hidden, frozen_parameters,
+                       own_parameters_totalling, shared_modules, type_name, unregistered_leaves)
 from .report import fail, plural, quiet, verdict
 
 AGREEMENT = {"rtol": 1e-3, "atol": 1e-4}
@@ -152,6 +152,14 @@ def check_trainable_count(model, expected: int | None = None, *, device):
     __tracebackhide__ = True
     title, where = "trainable parameters", str(device)
     m = _build(model, device, title)
+    lazy = [n for n, p in m.named_parameters() if isinstance(p, nn.parameter.UninitializedParameter)]
+    if lazy:
+        fail(title, f"{plural(len(lazy), 'parameter')} {'has' if len(lazy) == 1 else 'have'} no size yet, so "
+                    "nothing can count them",
+             [f"`{n}` is uninitialized: a lazy layer (such as nn.LazyLinear) sizes it at the first forward call"
+              for n in lazy],
+             hint="give the layer its input size when you build it, e.g. nn.Linear(in_features, out_features)",
+             devices=where)
     count = sum(p.numel() for p in m.parameters() if p.requires_grad)
     hidden = find_hidden(m)
     if hidden:
@@ -169,6 +177,9 @@ def check_trainable_count(model, expected: int | None = None, *, device):
             names = ", ".join(f"`{n}`" for n, _ in frozen)
             total = sum(n for _, n in frozen)
             details.append(f"{plural(total, 'parameter')} {'is' if total == 1 else 'are'} frozen (requires_grad=False): {names}")
+        if count < expected:
+            details += [f"`{where}` is None when the model is built: a layer created there later (in forward) is "
+                        "missing from this count and from any optimizer built before it exists" for where in empty_slots(m)]
         for group in shared_modules(m):
             details.append(f"{' and '.join(f'`{n}`' for n in group)} are one shared module: "
                            "parameters() counts its parameters once")
@@ -265,7 +276,8 @@ def check_eval_behaviour(model, example, *, device):
              hint="an overridden train()/eval() must call super().train(mode) so children follow", devices=where)
     buffers = {n: b.detach().clone() for n, b in m.named_buffers()}
     with torch.no_grad():
-        first = _outputs(_forward(m, inputs, title, where))
+        first_output = _forward(m, inputs, title, where)
+        first = _outputs(first_output)
         second = _outputs(_forward(m, inputs, title, where))
     details = [h.message() for h in find_hidden(m)]
     switched = [n or "the model" for n, sub in m.named_modules() if sub.training]
@@ -289,8 +301,11 @@ def check_eval_behaviour(model, example, *, device):
     batch = inputs[0].shape[0] if inputs and isinstance(inputs[0], torch.Tensor) and inputs[0].dim() > 0 else 0
     if batch > 1 and len(inputs) == 1:
         with torch.no_grad():
-            alone = _outputs(_forward(m, (inputs[0][:1],), title, where))
-        if alone.numel() * batch == first.numel() and not torch.allclose(alone, first[: alone.numel()], **AGREEMENT):
+            alone = _forward(m, (inputs[0][:1],), title, where)
+        # each output tensor on its own (a dict or tuple of outputs holds several), sample 0 against sample 0
+        pairs = [(a, b) for a, b in zip(_tensors(alone), _tensors(first_output)) if b.is_floating_point()]
+        batched = pairs and all(b.dim() > 0 and b.shape[0] == batch and a.shape == (1, *b.shape[1:]) for a, b in pairs)
+        if batched and not all(torch.allclose(a.float().cpu(), b[:1].float().cpu(), **AGREEMENT) for a, b in pairs):
             fail(title, "in eval mode, a sample's output depends on the other samples in its batch",
                  hint="normalisation in eval mode must use the running statistics, not the batch's "
                       "(check `if self.training:` in your BatchNorm-like layer)", devices=where)
@@ -331,10 +346,13 @@ def check_learning(model, example, *, lr: float = 0.1, device):
              devices=where)
     strays = unregistered_leaves(m, out)
     if strays:
+        hidden = _hidden_details(m)  # layers in a plain list or dict explain the strays better than their shapes
         fail(title, "part of the output is computed by trainable tensors that model.parameters() does not list, "
                     "so the optimizer never updates them",
-             [f"a trainable tensor of shape {list(t.shape)}" for t in strays],
-             hint="a layer created inside forward gets fresh random weights at every call: build it in __init__",
+             hidden or [f"a trainable tensor of shape {list(t.shape)}" for t in strays],
+             hint=("keep layers in nn.ModuleList / nn.ModuleDict (or assign each to self), so that "
+                   "model.parameters() hands them to the optimizer" if hidden else
+                   "a layer created inside forward gets fresh random weights at every call: build it in __init__"),
              devices=where)
     optimizer = torch.optim.SGD(params, lr=lr)
     optimizer.zero_grad()

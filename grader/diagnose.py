@@ -112,12 +112,19 @@ def find_hidden(model: nn.Module) -> list[Hidden]:
 
 
 def shared_modules(model: nn.Module) -> list[list[str]]:
-    """Groups of names under which one module (with parameters) is registered more than once."""
+    """Groups of names under which one module (with parameters) is registered more than once.
+
+    Only the outermost shared module is named: in ``nn.ModuleList([block] * 3)`` that is `0`, `1`, `2`,
+    not every layer inside the block.
+    """
     names: dict[int, list[str]] = {}
     for name, module in model.named_modules(remove_duplicate=False):
-        if any(True for _ in module.parameters(recurse=False)):
+        if any(True for _ in module.parameters()):
             names.setdefault(id(module), []).append(name or "(the model itself)")
-    return [group for group in names.values() if len(group) > 1]
+    groups = [group for group in names.values() if len(group) > 1]
+    outer = [name for group in groups for name in group]
+    return [group for group in groups
+            if not all(any(name.startswith(o + ".") for o in outer) for name in group)]
 
 
 def own_parameters_totalling(model: nn.Module, surplus: int) -> list[str]:
@@ -137,6 +144,13 @@ def own_parameters_totalling(model: nn.Module, surplus: int) -> list[str]:
         if own and sum(p.numel() for _, p in own) == surplus:
             return [name for name, _ in own]
     return []
+
+
+def empty_slots(model: nn.Module) -> list[str]:
+    """Plain attributes set to None, such as `self.head = None`: often a layer meant to be built later (in forward)."""
+    return [f"self.{prefix}.{attr}" if prefix else f"self.{attr}"
+            for prefix, module in model.named_modules() for attr, value in vars(module).items()
+            if value is None and attr not in _MODULE_INTERNALS]
 
 
 def frozen_parameters(model: nn.Module) -> list[tuple[str, int]]:
