@@ -1,0 +1,397 @@
+"""Checks on the code around a model: how the optimizer is built, one training step,
+single-sample prediction, and hand-written parameter counters.
+
+Like the model checks, each one prints one verdict line or raises CheckFailed with a
+diagnosis. References are computed here from torch itself (a plain SGD loop, an
+eval-mode forward, ``parameters()``), never from stored answers.
+"""
+
+import copy
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checks import AGREEMENT, SEED, _build, _check, _COUNTERS, _forward, _inputs, _loss, _outputs
+from .diagnose import describe_error, explain_error, shared_modules, type_name
+from .report import fail, plural, quiet, verdict
+
+# Two runs of the same float32 arithmetic agree far more closely than this.
+SAME = {"rtol": 1e-5, "atol": 1e-6}
+
+_STEP_RECIPE = ("one training step is: optimizer.zero_grad(), loss = loss_fn(model(x), y), loss.backward(), "
+                "optimizer.step(), return loss.item()")
+_BATCHNORM_ONE = "Expected more than 1 value per channel when training"
+
+
+def _names(items) -> str:
+    quoted = [f"`{n}`" for n in items]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
+
+
+def _shapes(tensors) -> str:
+    return ", ".join(str(list(t.shape)) for t in tensors)
+
+
+def _batch(shape, step: int, device) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(SEED + 100 + step)
+    return torch.randn(tuple(shape), generator=generator).to(device)
+
+
+def _targets(output: torch.Tensor, step: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(SEED + 200 + step)
+    return torch.randn(tuple(output.shape), generator=generator).to(output.device)
+
+
+# --- the optimizer ------------------------------------------------------------------------
+
+@_check("optimizer")
+def check_optimizer(setup: Callable, example=None, *, device):
+    """``setup()`` returns ``(model, optimizer)``; the optimizer holds every trainable parameter the
+    model has now, and nothing else. With ``example``, one step must then change every one of them."""
+    __tracebackhide__ = True
+    title, where = "optimizer", str(device)
+    try:
+        made = setup()
+    except Exception as error:  # the student's set-up code: report any failure
+        fail(title, f"{_call(setup)} raised {describe_error(error)}", hint=explain_error(error), devices=where)
+    if not (isinstance(made, tuple) and len(made) == 2 and isinstance(made[0], nn.Module)
+            and isinstance(made[1], torch.optim.Optimizer)):
+        fail(title, f"{_call(setup)} returned {type(made).__name__}, not (model, optimizer)",
+             hint="return the model and the torch.optim optimizer that trains it, as a pair", devices=where)
+    model, optimizer = made
+    model.to(device)  # moves parameters in place: an optimizer built earlier still holds them
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    held = {id(p): p for group in optimizer.param_groups for p in group["params"]}
+    in_model = {id(p) for p in model.parameters()}
+    missing = [n for n, p in trainable if id(p) not in held]
+    stale = [p for i, p in held.items() if i not in in_model]
+    if missing or stale:
+        details = []
+        if missing:
+            details.append(f"{plural(len(missing), 'trainable tensor')} of the model {'is' if len(missing) == 1 else 'are'} "
+                           f"not in the optimizer: {_names(missing)}")
+        if stale:
+            details.append(f"the optimizer holds {plural(len(stale), 'tensor')} that the model no longer has "
+                           f"(shapes {_shapes(stale)}): the layers they belonged to were replaced")
+        owners = sorted({n.rpartition(".")[0] or n for n in missing})
+        one = len(owners) == 1
+        cause = (f"{_names(owners)} {'was' if one else 'were'} created or replaced after the optimizer was built, "
+                 f"so the optimizer never sees {'it' if one else 'them'}") if owners else \
+            "layers were replaced after the optimizer was built"
+        fail(title, "the optimizer does not hold the model's current parameters: " + cause, details,
+             hint="build the optimizer last, from model.parameters(), once every layer exists: "
+                  "torch.optim.SGD(model.parameters(), lr=...) copies the list of tensors when it is created",
+             devices=where)
+    summary = f"holds all {plural(len(trainable), 'trainable tensor')} of the model"
+    if example is None:
+        return summary, len(trainable)
+    model.train()
+    before = {n: p.detach().clone() for n, p in trainable}
+    optimizer.zero_grad()
+    loss = _loss(_forward(model, _inputs(example, device), title, where))
+    try:
+        loss.backward()
+    except RuntimeError as error:
+        fail(title, f"backward() raised {describe_error(error)}", hint=explain_error(error), devices=where)
+    optimizer.step()
+    still = [n for n, p in trainable if torch.equal(p.detach(), before[n])]
+    if still:
+        fail(title, "one optimizer.step() left some trainable tensors unchanged", [f"`{n}` did not move" for n in still],
+             hint="check the optimizer's learning rate, and that these tensors take part in forward", devices=where)
+    return summary + ", and one step updates each", torch.cat([p.detach().flatten().cpu() for _, p in trainable])
+
+
+def _call(fn) -> str:
+    return f"{getattr(fn, '__name__', 'setup')}()".replace("<lambda>()", "the set-up function")
+
+
+# --- one training step ------------------------------------------------------------------
+
+@_check("training step")
+def check_training_step(step: Callable, model, example, *, loss_fn: Callable = F.mse_loss, steps: int = 3,
+                        lr: float = 0.1, device):
+    """``step(model, optimizer, loss_fn, x, y)``, called ``steps`` times on fresh batches, leaves the
+    parameters where torch's loop leaves them, and returns each batch's loss.
+
+    ``example`` is the input shape of one batch; targets are random with the output's shape. The
+    check hands ``step`` an SGD optimizer with learning rate ``lr`` and compares with its own loop.
+    """
+    __tracebackhide__ = True
+    title, where = "training step", str(device)
+    yours = _build(model, device, title).train()
+    reference, accumulating = copy.deepcopy(yours), copy.deepcopy(yours)
+    names = [n for n, p in yours.named_parameters() if p.requires_grad]
+    if not names:
+        fail(title, "the model has no trainable parameters, so no step can change it", devices=where)
+    optimizers = [torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=lr)
+                  for m in (yours, reference, accumulating)]
+    name = getattr(step, "__name__", "step")
+    for k in range(1, steps + 1):
+        x = _batch(example, k, device)
+        torch.manual_seed(SEED + k)  # the same dropout masks for every run of this step
+        optimizers[1].zero_grad()
+        out = _forward(reference, (x,), title, where)
+        y = _targets(out, k)
+        true_loss = loss_fn(out, y)
+        true_loss.backward()
+        optimizers[1].step()
+
+        torch.manual_seed(SEED + k)
+        loss_fn(_forward(accumulating, (x,), title, where), y).backward()  # no zero_grad: gradients pile up
+        optimizers[2].step()
+
+        before = _flat(yours)
+        torch.manual_seed(SEED + k)
+        try:
+            returned = step(yours, optimizers[0], loss_fn, x, y)
+        except Exception as error:  # the student's step: report any failure
+            fail(title, f"at step {k}, {name}(model, optimizer, loss_fn, x, y) raised {describe_error(error)}",
+                 hint=_explain_step_error(error), devices=where)
+        _compare_step(title, where, k, yours, reference, accumulating, before, names)
+        _compare_loss(title, where, k, name, returned, true_loss.item())
+    return f"{plural(steps, 'step')} of {name} match torch's loop (zero_grad, forward, backward, step)", _flat(yours)
+
+
+def _flat(model) -> torch.Tensor:
+    return torch.cat([p.detach().flatten().cpu().double() for p in model.parameters() if p.requires_grad])
+
+
+def _explain_step_error(error: Exception) -> str:
+    if _BATCHNORM_ONE in str(error):
+        return ("a BatchNorm layer in train mode got a batch of one sample and cannot compute batch statistics: "
+                "train on batches of 2 or more (DataLoader(..., drop_last=True) drops a last batch of one)")
+    if "backward through the graph a second time" in str(error):
+        return "call loss.backward() once per step, on a loss computed in this step"
+    return explain_error(error)
+
+
+def _compare_step(title, where, k, yours, reference, accumulating, before, names):
+    __tracebackhide__ = True
+    after = _flat(yours)
+    if torch.allclose(after, _flat(reference), **SAME):
+        return
+    if torch.equal(after, before):
+        fail(title, f"after step {k}, no parameter has changed",
+             hint="the step never updates the model: " + _STEP_RECIPE + ". Check that backward() and step() are "
+                  "both called, and that zero_grad() does not sit between them", devices=where)
+    if k > 1 and torch.allclose(after, _flat(accumulating), **SAME):
+        fail(title, f"gradients accumulate across steps: the update at step {k} used the sum of the gradients of "
+                    f"batches 1 to {k}, not just batch {k}'s",
+             ["loss.backward() adds into each parameter's .grad; nothing clears it between steps"],
+             hint="call optimizer.zero_grad() in every step, before loss.backward()", devices=where)
+    gaps = [(n, (a.detach() - b.detach()).abs().max().item()) for (n, a), (_, b)
+            in zip(yours.named_parameters(), reference.named_parameters()) if n in names]
+    off = [f"`{n}` is off by up to {gap:.3g}" for n, gap in gaps if gap > SAME["atol"]]
+    fail(title, f"after step {k}, the parameters differ from one SGD step on loss_fn(model(x), y)", off[:4],
+         hint="use the optimizer and loss_fn you are given, one forward and one backward per step: " + _STEP_RECIPE,
+         devices=where)
+
+
+def _compare_loss(title, where, k, name, returned, truth):
+    __tracebackhide__ = True
+    if returned is None:
+        fail(title, f"{name} returned None", hint="return this step's loss as a number: loss.item()", devices=where)
+    try:
+        value = float(returned)
+    except (TypeError, ValueError, RuntimeError):
+        fail(title, f"{name} returned {type(returned).__name__}, not a number",
+             hint="return this step's loss as a number: loss.item()", devices=where)
+    if not abs(value - truth) <= 1e-4 * max(1.0, abs(truth)):
+        fail(title, f"at step {k}, {name} returned {value:.6g}, but the loss on this batch is {truth:.6g}",
+             hint="return loss.item() for the loss computed in this step, before optimizer.step()", devices=where)
+
+
+# --- single-sample prediction ------------------------------------------------------------
+
+@_check("single-sample prediction")
+def check_predict(predict: Callable, model, example, *, device):
+    """``predict(model, sample)`` on one sample of a batch of shape ``example`` returns that sample's
+    eval-mode output, leaves the model's buffers alone and builds no autograd graph.
+
+    The model is handed over in train mode, after a few training-mode batches, as it is after training.
+    """
+    __tracebackhide__ = True
+    title, where = "single-sample prediction", str(device)
+    m = _build(model, device, title).train()
+    with torch.no_grad():
+        for k in range(3):  # running statistics away from their initial values
+            _forward(m, (_batch(example, k, device) * (1 + k),), title, where)
+    batch = _batch(example, 10, device)
+    with torch.no_grad():
+        truth = _forward(copy.deepcopy(m).eval(), (batch,), title, where)
+    name = getattr(predict, "__name__", "predict")
+    for i in range(min(3, batch.shape[0])):
+        sample = batch[i]
+        m.train()
+        buffers = {n: b.detach().clone() for n, b in m.named_buffers()}
+        torch.manual_seed(SEED + i)
+        try:
+            got = predict(m, sample)
+        except Exception as error:  # the student's function: report any failure
+            fail(title, f"{name}(model, sample) on a sample of shape {list(sample.shape)} raised {describe_error(error)}",
+                 hint=_explain_predict_error(error), devices=where)
+        if not isinstance(got, torch.Tensor):
+            fail(title, f"{name} returned {type(got).__name__}, not a tensor",
+                 hint="return the model's output for the sample, as a tensor", devices=where)
+        expected = truth[i]
+        if got.shape != expected.shape:
+            fail(title, f"{name} returned shape {list(got.shape)}; the model's output for one sample has shape "
+                        f"{list(expected.shape)}",
+                 hint="add the batch dimension for the model (sample.unsqueeze(0)) and take it away from the "
+                      "result ([0] or .squeeze(0))", devices=where)
+        moved = [n for n, b in m.named_buffers() if not torch.equal(b, buffers[n])]
+        if moved:
+            fail(title, f"{name} changed the model's buffers, so it ran the model in train mode",
+                 [f"`{n}` changed" for n in moved],
+                 hint="call model.eval() before predicting: eval mode uses the running statistics and updates nothing",
+                 devices=where)
+        if not torch.allclose(got.detach().float(), expected.float(), rtol=1e-4, atol=1e-5):
+            fail(title, f"for sample {i}, {name} differs from the model's eval-mode output",
+                 [f"yours: {_few(got)}", f"eval:  {_few(expected)}"],
+                 hint="call model.eval() before predicting: in train mode dropout is active and normalisation "
+                      "uses the batch's statistics", devices=where)
+        if got.requires_grad:
+            fail(title, f"{name} returns a tensor attached to an autograd graph",
+                 hint="model.eval() does not turn autograd off: run the model under torch.no_grad() "
+                      "(or torch.inference_mode()) when you only predict", devices=where)
+    return f"{name} gives each sample's eval-mode output, changes no buffer, builds no graph", truth
+
+
+def _few(t: torch.Tensor) -> str:
+    values = t.detach().float().flatten().cpu()[:4].tolist()
+    return "[" + ", ".join(f"{v:.4f}" for v in values) + (", ...]" if t.numel() > 4 else "]")
+
+
+def _explain_predict_error(error: Exception) -> str:
+    if _BATCHNORM_ONE in str(error):
+        return ("the model is still in train mode, where BatchNorm normalises with the batch's own statistics, "
+                "and one sample has no spread: call model.eval() before single-sample inference (it uses the "
+                "running statistics), or predict on batches of 2 or more")
+    if "expected 2D or 3D input" in str(error) or "shapes cannot be multiplied" in str(error):
+        return "the model expects a batch: add a batch dimension with sample.unsqueeze(0)"
+    return explain_error(error)
+
+
+# --- hand-written counters -----------------------------------------------------------------
+
+def check_counter(fn: Callable, models, counts: str = "trainable parameters"):
+    """``fn(model)`` equals what torch counts on each model (``parameters()`` yields a shared tensor once).
+
+    ``models`` is a list of modules or zero-argument factories.
+    """
+    __tracebackhide__ = True
+    title = f"counting {counts}"
+    if counts not in _COUNTERS:
+        raise ValueError(f"counts must be one of {sorted(_COUNTERS)}, not {counts!r}")
+    name = getattr(fn, "__name__", "counter")
+    with quiet():
+        for model in models:
+            m = model if isinstance(model, nn.Module) else model()
+            truth = _COUNTERS[counts](m)
+            call = f"{name}({type_name(m)})"
+            try:
+                got = fn(copy.deepcopy(m))
+            except Exception as error:  # the student's counter: report any failure
+                fail(title, f"{call} raised {describe_error(error)}", hint=explain_error(error))
+            if got != truth:
+                details, hint = _why_miscounted(m, got, truth, counts)
+                shown = f"{got:,}" if isinstance(got, int) else repr(got)
+                fail(title, f"{call} returned {shown}, but torch counts {truth:,} {counts}", details, hint=hint)
+    verdict(title, f"{name} matches torch on {plural(len(models), 'model')}")
+
+
+def _why_miscounted(model, got, truth, counts) -> tuple[list[str], str]:
+    repeats = _repeated_parameters(model, trainable=counts.startswith("trainable"))
+    extra = sum((len(names) - 1) * numel for names, numel in repeats)
+    details = _describe_repeats(model, repeats)
+    if isinstance(got, int) and repeats and got - truth == extra:
+        return details, ("your count has exactly the repeats: it counts a shared tensor once per name. "
+                         "parameters() yields each tensor once; count each tensor once too (remember which ones "
+                         "you have counted, for example by id())")
+    if isinstance(got, int) and got > truth:
+        frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+        buffers = sum(b.numel() for b in model.buffers())
+        if counts.startswith("trainable") and frozen and got - truth in (frozen, frozen + extra):
+            details.append(f"{plural(frozen, 'parameter')} {'is' if frozen == 1 else 'are'} frozen (requires_grad=False)")
+            return details, "trainable means requires_grad=True: skip frozen parameters"
+        if buffers and got - truth in (buffers, buffers + extra):
+            details.append(f"the model has {plural(buffers, 'buffer element')}")
+            return details, "buffers are not parameters: count parameters(), not state_dict() or buffers()"
+    return details, "walk the model once and count each tensor once: compare with sum(p.numel() for p in model.parameters())"
+
+
+def _describe_repeats(model, repeats) -> list[str]:
+    """One line per shared layer (all its parameters repeated under the same owners) or tied tensor."""
+    by_owners: dict[tuple, list[tuple[list[str], int]]] = {}
+    for names, numel in repeats:
+        by_owners.setdefault(tuple(n.rpartition(".")[0] for n in names), []).append((names, numel))
+    lines = []
+    for owners, group in by_owners.items():
+        numel = sum(n for _, n in group)
+        copies = len(owners)
+        layers = [model.get_submodule(o) for o in owners]
+        whole = (len({id(layer) for layer in layers}) == 1 and len(set(owners)) == copies
+                 and numel == sum(p.numel() for p in layers[0].parameters()))
+        layer = layers[0]
+        if whole:
+            lines.append(f"{_names(owners)} are one {type_name(layer)} ({plural(numel, 'parameter')}) registered "
+                         f"under {copies} names: counted once per name, that is {numel * (copies - 1):,} extra")
+        else:
+            for names, n in group:
+                lines.append(f"{_names(names)} are one tensor ({plural(n, 'element')}), tied: counted once per name, "
+                             f"that is {n * (len(names) - 1):,} extra")
+    return lines
+
+
+def _repeated_parameters(model: nn.Module, trainable: bool) -> list[tuple[list[str], int]]:
+    """Tensors that named_parameters(remove_duplicate=False) lists under more than one name."""
+    names: dict[int, list[str]] = {}
+    sizes: dict[int, int] = {}
+    for n, p in model.named_parameters(remove_duplicate=False):
+        if trainable and not p.requires_grad:
+            continue
+        names.setdefault(id(p), []).append(n)
+        sizes[id(p)] = p.numel()
+    return [(group, sizes[i]) for i, group in names.items() if len(group) > 1]
+
+
+# --- a fix keeps what the model computes ------------------------------------------------------
+
+@_check("same function")
+def check_same_function(model, original, example, *, device):
+    """Loaded with ``original``'s state_dict, ``model`` gives ``original``'s eval-mode outputs.
+
+    A fix should change how a model computes, not what it computes. ``original`` (the broken
+    model, which may work only on the CPU and without gradients) runs on the CPU under
+    torch.no_grad(); ``model`` runs on each device of the matrix.
+    """
+    __tracebackhide__ = True
+    title, where = "same function", str(device)
+    theirs = _build(original, torch.device("cpu"), title).eval()
+    yours = _build(model, device, title).eval()
+    mine, saved = set(yours.state_dict()), theirs.state_dict()
+    buffers = {n for n, _ in yours.named_buffers()}  # a plain tensor made a buffer is a fix, not a mismatch
+    missing, unexpected = sorted(set(saved) - mine), sorted(mine - set(saved) - buffers)
+    label = type_name(theirs)
+    if missing or unexpected:
+        fail(title, f"your model cannot take {label}'s state_dict: the names differ",
+             [f"{label} has `{n}`, yours has not" for n in missing] + [f"yours has `{n}`, {label} has not" for n in unexpected],
+             hint=f"keep {label}'s attribute names and layers: a fix changes how the model computes, not what it holds",
+             devices=where)
+    try:
+        yours.load_state_dict(saved, strict=False)
+    except RuntimeError as error:
+        fail(title, f"loading {label}'s state_dict raised {describe_error(error)}",
+             hint="keep the layer sizes of the original", devices=where)
+    with torch.no_grad():
+        truth = _forward(theirs, _inputs(example, torch.device("cpu")), title, "cpu")
+        got = _forward(yours, _inputs(example, device), title, where)
+    a, b = _outputs(got), _outputs(truth)
+    if a.shape != b.shape or not torch.allclose(a, b, **AGREEMENT):
+        details = ([f"yours: {_few(a)}", f"{label}: {_few(b)}"] if a.shape == b.shape else
+                   [f"yours has {plural(a.numel(), 'output value')}, {label} has {b.numel():,}"])
+        fail(title, f"with the same weights, your model's eval-mode output differs from {label}'s", details,
+             hint=f"fix only the bug: every other step of {label}'s forward must stay as it was", devices=where)
+    return f"with {label}'s weights, gives {label}'s outputs", a

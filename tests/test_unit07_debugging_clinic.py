@@ -1,0 +1,378 @@
+"""Unit 07, the debugging clinic: every patient is rejected by its own graded cells with the right hint, its
+demo cell prints that diagnosis, the reference fixes pass, and grader.training names the usual mistakes of
+training-loop code."""
+
+import contextlib
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from conftest import run_cells
+from grader import (CheckFailed, check_counter, check_model, check_optimizer, check_predict, check_same_function,
+                    check_trainable_count, check_training_step)
+
+pytestmark = pytest.mark.device
+
+NOTEBOOK = "solutions/07_debugging_clinic/debugging_clinic.ipynb"
+KEYS = ["p1", "p2", "p3", "p4", "p5", "p6", "p8", "p10", "p11", "p12"]
+
+
+@pytest.fixture(scope="module")
+def nb():
+    """The assignment's own cells: the setup, every broken patient and every reference fix."""
+    return run_cells(NOTEBOOK, "setup", *(f"{k}_broken" for k in KEYS), *(f"{k}_answer" for k in KEYS))
+
+
+def rejected(check, *fragments) -> str:
+    with pytest.raises(CheckFailed) as failure:
+        check()
+    message = str(failure.value)
+    for fragment in fragments:
+        assert fragment in message, f"missing {fragment!r} in:\n{message}"
+    return message
+
+
+def run_cell(nb, grade_id, **names) -> str:
+    """Run one notebook cell in a copy of the namespace (with ``names`` rebound); return what it printed."""
+    namespace = dict(nb, **names)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        run_cells(NOTEBOOK, grade_id, namespace=namespace)
+    return printed.getvalue()
+
+
+# (patient, broken name, the name its fix has, its graded cells,
+#  fragments the demo cell prints, fragments with which each graded cell rejects the broken code)
+PATIENTS = [
+    ("p1", "Regressor", "FixedRegressor", ["test_p1_regressor"],
+     ["cannot assign module before Module.__init__() call", "make `super().__init__()` the first line of __init__"],
+     ["building the model raised AttributeError", "make `super().__init__()` the first line of __init__"]),
+    ("p2", "ClippedMLP", "FixedClippedMLP", ["test_p2_clipped"],
+     ["Can't call numpy() on Tensor that requires grad", "keep the whole forward in torch operations"],
+     ["✗ gradient flow", "forward calls .numpy(), which leaves autograd"]),
+    ("p3", "LoggedMLP", "FixedLoggedMLP", ["test_p3_logged"],
+     ["`encoder.0.weight` gets no gradient", "`encoder.0` runs, but its result is cut from the graph", ".detach()"],
+     ["`encoder.0.bias` gets no gradient", "cut from the graph"]),
+    ("p4", "LazyClassifier", "FixedClassifier", ["test_p4_classifier"],
+     ["calling the model registers new parameters, so an optimizer built before it holds stale ones",
+      "`head.weight` is a new tensor after forward", "`self.head` is assigned inside forward: build it once in __init__"],
+     ["the model has 1,728 trainable parameters; the exercise asks for 1,893",
+      "`self.head` is None when the model is built", "missing from this count and from any optimizer"]),
+    ("p5", "setup_finetune", "fixed_setup_finetune", ["test_p5_finetune"],
+     ["`head` was created or replaced after the optimizer was built",
+      "2 trainable tensors of the model are not in the optimizer: `head.weight` and `head.bias`",
+      "the optimizer holds 2 tensors that the model no longer has (shapes [10, 16], [10])", "build the optimizer last"],
+     ["`head` was created or replaced after the optimizer was built", "build the optimizer last"]),
+    ("p6", "predict", "fixed_predict", ["test_p6_predict"],
+     ["Expected more than 1 value per channel when training", "call model.eval() before single-sample inference"],
+     ["Expected more than 1 value per channel when training", "call model.eval() before single-sample inference"]),
+    ("p8", "CausalMixer", "FixedCausalMixer", ["test_p8_mixer"],
+     ["a plain tensor (shape [6, 6]) at `self.mask` is not registered", "self.register_buffer(...)"],
+     ["a plain tensor (shape [6, 6]) at `self.mask` is not registered", "self.register_buffer(...)"]),
+    ("p10", "train_step", "fixed_train_step", ["test_p10_train_step", "test_p10_train_step_modes"],
+     ["gradients accumulate across steps", "the update at step 2 used the sum of the gradients of batches 1 to 2",
+      "call optimizer.zero_grad() in every step, before loss.backward()"],
+     ["gradients accumulate across steps", "call optimizer.zero_grad() in every step"]),
+    ("p11", "count_trainable", "fixed_count_trainable", ["test_p11_counter"],
+     ["count_trainable(SharedStack) returned 1,316, but torch counts 772 trainable parameters",
+      "`stages.0.shared`, `stages.1.shared` and `stages.2.shared` are one nn.Linear (272 parameters)",
+      "counted once per name, that is 544 extra", "count each tensor once"],
+     ["are one nn.Linear", "counts a shared tensor once per name"]),
+    ("p12", "NoisyMLP", "FixedNoisyMLP", ["test_p12_dropout"],
+     ["two eval-mode calls on the same input give different outputs", "F.dropout(..., training=True)",
+      "training=self.training"],
+     ["✗ eval behaviour", "training=self.training"]),
+]
+IDS = [p[0] for p in PATIENTS]
+
+
+def test_every_patient_is_covered():
+    assert [p[0] for p in PATIENTS] == KEYS
+    assert len(KEYS) >= 10
+
+
+@pytest.mark.parametrize("key, broken, fixed, cells, demo, graded", PATIENTS, ids=IDS)
+def test_demo_cell_prints_the_diagnosis(nb, key, broken, fixed, cells, demo, graded, capsys):
+    printed = run_cell(nb, f"{key}_demo")
+    assert "✗" in printed, printed
+    for fragment in demo:
+        assert fragment in printed, f"missing {fragment!r} in:\n{printed}"
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("key, broken, fixed, cells, demo, graded", PATIENTS, ids=IDS)
+def test_graded_cells_reject_the_broken_code_with_the_right_hint(nb, key, broken, fixed, cells, demo, graded, capsys):
+    """Each graded cell, run with the broken code under the fix's name, fails with the patient's hint."""
+    for cell in cells:
+        rejected(lambda: run_cell(nb, cell, **{fixed: nb[broken]}), *graded)
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("key, broken, fixed, cells, demo, graded", PATIENTS, ids=IDS)
+def test_graded_cells_pass_the_reference_fix(nb, key, broken, fixed, cells, demo, graded, capsys):
+    for cell in cells:
+        printed = run_cell(nb, cell)
+        lines = printed.strip().splitlines()
+        assert lines and all(line.startswith("✓ ") for line in lines), printed
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("key, broken, fixed, cells, demo, graded", PATIENTS, ids=IDS)
+def test_graded_cells_reject_the_blank_stub(nb, key, broken, fixed, cells, demo, graded):
+    def stub(*args, **kwargs):
+        raise NotImplementedError("replace this line with your code")
+
+    for cell in cells:
+        with pytest.raises((CheckFailed, NotImplementedError)) as failure:
+            run_cell(nb, cell, **{fixed: stub})
+        if isinstance(failure.value, CheckFailed):
+            assert "replace that line with your code" in str(failure.value)
+
+
+# --- the fixes keep what the models compute ---------------------------------------------------------
+
+def test_a_fix_that_drops_the_feature_is_rejected(nb):
+    class NoClip(nb["FixedClippedMLP"]):
+        def forward(self, x):
+            return self.fc2(torch.relu(self.fc1(x)))
+
+    check_model(lambda: NoClip(20, 32, 4), example=(8, 20))  # a "fix" that deletes the clipping trains fine...
+    rejected(lambda: check_same_function(lambda: NoClip(20, 32, 4, limit=0.5), lambda: nb["ClippedMLP"](20, 32, 4, limit=0.5),
+                                         example=(8, 20)),  # ...and computes something else
+             "your model's eval-mode output differs from ClippedMLP's", "yours: [", "ClippedMLP: [", "fix only the bug")
+
+
+def test_a_fix_that_renames_layers_is_told_to_keep_the_names(nb):
+    class Renamed(nn.Module):
+        def __init__(self, in_features, hidden, out_features):
+            super().__init__()
+            self.first = nn.Linear(in_features, hidden)
+            self.head = nn.Linear(hidden, out_features)
+
+        def forward(self, x):
+            return self.head(torch.relu(self.first(x)))
+
+    rejected(lambda: check_same_function(lambda: Renamed(20, 32, 4), lambda: nb["LoggedMLP"](20, 32, 4), example=(8, 20)),
+             "your model cannot take LoggedMLP's state_dict", "LoggedMLP has `encoder.0.weight`, yours has not",
+             "yours has `first.weight`, LoggedMLP has not", "keep LoggedMLP's attribute names")
+
+
+def test_a_persistent_mask_is_also_a_fix(nb, capsys):
+    class PersistentMask(nb["CausalMixer"]):
+        def __init__(self, dim, max_len):
+            super().__init__(dim, max_len)
+            self.register_buffer("mask", vars(self).pop("mask"))
+
+    check_model(lambda: PersistentMask(8, 6), example=(2, 6, 8), expected=3 * (8 * 8 + 8))
+    check_same_function(lambda: PersistentMask(8, 6), lambda: nb["CausalMixer"](8, 6), example=(2, 6, 8))
+    assert capsys.readouterr().out.count("✓") == 6
+
+
+def test_the_mask_left_behind_fails_on_meta_like_on_a_gpu(nb):
+    """What the patient's probe shows on a CPU-only machine."""
+    mixer = nb["CausalMixer"](8, 6).to("meta")
+    assert mixer.mask.device.type == "cpu"
+    with pytest.raises(RuntimeError, match="not on the expected device"):
+        mixer(torch.randn(2, 6, 8, device="meta"))
+
+
+def test_the_numpy_patient_runs_under_no_grad_as_reported(nb):
+    with torch.no_grad():
+        assert nb["ClippedMLP"](20, 32, 4)(torch.randn(2, 20)).shape == (2, 4)
+    with pytest.raises(RuntimeError, match="Can't call numpy"):
+        nb["ClippedMLP"](20, 32, 4)(torch.randn(2, 20))
+
+
+# --- check_training_step: the usual mistakes of a training step -----------------------------------------
+
+def _mlp():
+    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def _step(order, returns="item"):
+    """A training step built from its parts, in the given order."""
+    def step(model, optimizer, loss_fn, x, y):
+        loss = None
+        for part in order:
+            if part == "zero":
+                optimizer.zero_grad()
+            elif part == "forward":
+                loss = loss_fn(model(x), y)
+            elif part == "backward":
+                loss.backward()
+            elif part == "step":
+                optimizer.step()
+        return {"item": lambda: loss.item(), "tensor": lambda: loss, "none": lambda: None,
+                "double": lambda: 2 * loss.item()}[returns]()
+    return step
+
+
+STEP_MISTAKES = [
+    (["forward", "backward", "step"], "item", ["gradients accumulate across steps", "optimizer.zero_grad()"]),
+    (["forward", "backward", "zero", "step"], "item", ["after step 1, no parameter has changed",
+                                                       "zero_grad() does not sit between them"]),
+    (["zero", "forward", "step"], "item", ["after step 1, no parameter has changed", "backward() and step()"]),
+    (["zero", "forward", "backward"], "item", ["after step 1, no parameter has changed"]),
+    (["zero", "forward", "backward", "step"], "none", ["returned None", "loss.item()"]),
+    (["zero", "forward", "backward", "step"], "double", ["at step 1, step returned", "but the loss on this batch is"]),
+    (["zero", "forward", "backward", "step", "step"], "item", ["after step 1, the parameters differ from one SGD step",
+                                                               "is off by up to"]),
+]
+
+
+@pytest.mark.parametrize("order, returns, fragments", STEP_MISTAKES, ids=["-".join(o) + "-" + r for o, r, _ in STEP_MISTAKES])
+def test_each_training_step_mistake_is_named(order, returns, fragments, capsys):
+    rejected(lambda: check_training_step(_step(order, returns), _mlp, example=(5, 6)), *fragments)
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("order, returns", [(["zero", "forward", "backward", "step"], "item"),
+                                            (["forward", "backward", "step", "zero"], "tensor")])
+def test_correct_training_steps_pass(order, returns, capsys):
+    check_training_step(_step(order, returns), _mlp, example=(5, 6), steps=4)
+    check_training_step(_step(order, returns), lambda: nn.Sequential(nn.Linear(6, 4), nn.BatchNorm1d(4), nn.Dropout(0.5)),
+                        example=(5, 6), loss_fn=F.l1_loss)
+    assert capsys.readouterr().out.count("✓ training step: ") == 2
+
+
+def test_a_batch_of_one_through_batchnorm_in_a_step_is_explained(capsys):
+    def step_one_at_a_time(model, optimizer, loss_fn, x, y):
+        optimizer.zero_grad()
+        loss = loss_fn(model(x[:1]), y[:1])
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    rejected(lambda: check_training_step(step_one_at_a_time, lambda: nn.Sequential(nn.Linear(6, 4), nn.BatchNorm1d(4)),
+                                         example=(5, 6)),
+             "Expected more than 1 value per channel when training", "batches of 2 or more", "drop_last=True")
+
+
+# --- check_predict, check_optimizer, check_counter ------------------------------------------------------------
+
+def _scorer():
+    return nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.3), nn.Linear(8, 3))
+
+
+def test_each_prediction_mistake_is_named(nb):
+    def no_grad_missing(model, sample):
+        model.eval()
+        return model(sample.unsqueeze(0))[0]
+
+    def batch_kept(model, sample):
+        model.eval()
+        with torch.no_grad():
+            return model(sample.unsqueeze(0))
+
+    def batches_of_two(model, sample):  # dodges the error, still in train mode
+        with torch.no_grad():
+            return model(torch.stack([sample, sample]))[0]
+
+    def dropout_only_eval(model, sample):  # eval() on the Dropout layers, BatchNorm left in train mode
+        for layer in model.modules():
+            if isinstance(layer, nn.Dropout):
+                layer.eval()
+        with torch.no_grad():
+            return model(torch.stack([sample, sample]))[0]
+
+    rejected(lambda: check_predict(no_grad_missing, _scorer, example=(4, 6)),
+             "returns a tensor attached to an autograd graph", "model.eval() does not turn autograd off", "torch.no_grad()")
+    rejected(lambda: check_predict(batch_kept, _scorer, example=(4, 6)),
+             "returned shape [1, 3]; the model's output for one sample has shape [3]", ".squeeze(0)")
+    for fn in (batches_of_two, dropout_only_eval):
+        rejected(lambda: check_predict(fn, _scorer, example=(4, 6)),
+                 "changed the model's buffers, so it ran the model in train mode", "`1.running_mean` changed", "model.eval()")
+    rejected(lambda: check_predict(nb["predict"], lambda: nn.Sequential(nn.Linear(6, 8), nn.Dropout(0.5)), example=(4, 6)),
+             "for sample 0, predict differs from the model's eval-mode output", "yours: [", "eval:  [", "dropout is active")
+
+
+def test_a_prediction_that_restores_train_mode_passes(capsys):
+    def polite_predict(model, sample):
+        was_training = model.training
+        model.eval()
+        with torch.inference_mode():
+            scores = model(sample.unsqueeze(0)).squeeze(0)
+        model.train(was_training)
+        return scores
+
+    check_predict(polite_predict, _scorer, example=(4, 6))
+    assert "✓ single-sample prediction: polite_predict" in capsys.readouterr().out
+
+
+def test_an_optimizer_missing_a_new_layer_is_named():
+    def added_after(lr=0.1):
+        model = nn.Sequential(nn.Linear(4, 4))
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+        model.append(nn.Linear(4, 2))
+        return model, optimizer
+
+    message = rejected(lambda: check_optimizer(added_after), "`1` was created or replaced after the optimizer was built",
+                       "2 trainable tensors of the model are not in the optimizer: `1.weight` and `1.bias`")
+    assert "no longer has" not in message
+
+
+def test_an_optimizer_with_a_zero_learning_rate_is_named():
+    def frozen_by_lr():
+        model = nn.Linear(4, 2)
+        return model, torch.optim.SGD(model.parameters(), lr=0.0)
+
+    check_optimizer(frozen_by_lr)  # it holds the right tensors...
+    rejected(lambda: check_optimizer(frozen_by_lr, example=(3, 4)),  # ...but a step moves none of them
+             "one optimizer.step() left some trainable tensors unchanged", "`weight` did not move", "learning rate")
+
+
+def test_a_setup_that_returns_something_else_is_named():
+    rejected(lambda: check_optimizer(lambda: nn.Linear(2, 2)), "returned Linear, not (model, optimizer)")
+
+
+def test_each_counting_mistake_is_named(nb):
+    def tied_lm():
+        embed, unembed = nn.Embedding(10, 4), nn.Linear(4, 10, bias=False)
+        unembed.weight = embed.weight
+        return nn.Sequential(embed, nn.Linear(4, 4), unembed)
+
+    def per_module(model):
+        return sum(p.numel() for m in model.modules() for p in m.parameters(recurse=False))
+
+    def state_dict_sum(model):
+        return sum(t.numel() for t in model.state_dict().values())
+
+    def all_parameters(model):
+        return sum(p.numel() for p in model.parameters())
+
+    frozen = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 1))
+    frozen[0].requires_grad_(False)
+    rejected(lambda: check_counter(per_module, [tied_lm]),
+             "per_module(nn.Sequential) returned 100, but torch counts 60", "`0.weight` and `2.weight` are one tensor (40 elements), tied",
+             "counts a shared tensor once per name")
+    rejected(lambda: check_counter(nb["count_trainable"], [tied_lm]), "are one tensor (40 elements), tied")
+    rejected(lambda: check_counter(state_dict_sum, [lambda: nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))]),
+             "the model has 5 buffer elements", "count parameters(), not state_dict()")
+    rejected(lambda: check_counter(all_parameters, [frozen]), "12 parameters are frozen", "skip frozen parameters")
+    check_counter(all_parameters, [frozen], counts="parameters")
+
+
+def test_a_counter_that_raises_is_reported():
+    def broken(model):
+        return model.num_parameters
+
+    rejected(lambda: check_counter(broken, [nn.Linear(2, 2)]), "broken(nn.Linear) raised AttributeError")
+
+
+def test_the_stub_is_reported_as_the_stub():
+    def stub(*args):
+        raise NotImplementedError("replace this line with your code")
+
+    for check in (lambda: check_training_step(stub, _mlp, example=(5, 6)), lambda: check_predict(stub, _scorer, example=(4, 6)),
+                  lambda: check_optimizer(stub), lambda: check_counter(stub, [nn.Linear(2, 2)])):
+        rejected(check, "raised NotImplementedError", "replace that line with your code")
+
+
+def test_a_layer_left_as_none_is_named_by_the_count_check(nb):
+    """The count check's extra detail for layers built later (patient 4), and nothing extra when the count is right."""
+    rejected(lambda: check_trainable_count(lambda: nb["LazyClassifier"](4, 3, 2), expected=4 * 3 + 3 + 3 * 3 + 3 + 3 * 2 + 2),
+             "`self.head` is None when the model is built")
+    check_trainable_count(lambda: nb["LazyClassifier"](4, 3, 2), expected=4 * 3 + 3 + 3 * 3 + 3)
