@@ -8,10 +8,15 @@ solutions and no hidden-test data: students have it installed.
 from .checks import (check_counting, check_device_transfer, check_eval_behaviour, check_gradient_flow,
                      check_learning, check_model, check_names, check_trainable_count)
 from .equivalence import check_matches_torch, check_roles, check_tensors
+from .mirror import check_forgotten_init, check_mirrors_torch, check_unknown_attribute
 from .report import CheckFailed
+from .training import (check_counter, check_optimizer, check_predict, check_same_function,
+                       check_training_step)
 
 __all__ = [
     "CheckFailed", "check_counting", "check_device_transfer", "check_eval_behaviour", "check_gradient_flow",
     "check_learning", "check_model", "check_names", "check_trainable_count",
     "check_matches_torch", "check_roles", "check_tensors",
+    "check_forgotten_init", "check_mirrors_torch", "check_unknown_attribute",
+    "check_counter", "check_optimizer", "check_predict", "check_same_function", "check_training_step",
 ]
