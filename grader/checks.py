@@ -98,11 +98,16 @@ def _forward(model, inputs, title: str, device):
     """Call the model; fail with a diagnosis if it raises or if the call changes what is registered."""
     __tracebackhide__ = True
     before = {name: p for name, p in model.named_parameters()}
+    hooks = hook_counts(model)
     try:
         output = model(*inputs)
     except Exception as error:
         fail(title, f"calling the model raised {describe_error(error)}", _hidden_details(model),
              hint=explain_error(error), devices=str(device))
+    if hook_counts(model) != hooks:  # more calls tell a hook registered once from one registered every time
+        leaks = hook_leaks(model, lambda: model(*inputs), hooks, first=hook_counts(model))
+        if leaks:
+            fail(title, LEAK_PROBLEM, leaks, hint=LEAK_HINT, devices=str(device))
     rebuilt = [n for n, p in model.named_parameters() if before.get(n) is not p]
     if rebuilt:
         owners = sorted({n.rpartition(".")[0] or n for n in rebuilt})
@@ -111,6 +116,88 @@ def _forward(model, inputs, title: str, device):
              hint=f"{', '.join(f'`self.{o}`' for o in owners)} is assigned inside forward: build it once in __init__",
              devices=str(device))
     return output
+
+
+# --- hooks: the ones a forward leaves behind, the ones that change outputs in place ----------
+
+# Hook dicts and the student's word for each (the _with_kwargs and _always_called dicts only
+# flag entries of _forward_hooks and _forward_pre_hooks, so they are not counted).
+_MODULE_HOOKS = {
+    "_forward_pre_hooks": "forward pre-hook", "_forward_hooks": "forward hook",
+    "_backward_pre_hooks": "backward pre-hook", "_backward_hooks": "backward hook",
+    "_state_dict_pre_hooks": "state_dict pre-hook", "_state_dict_hooks": "state_dict hook",
+    "_load_state_dict_pre_hooks": "load_state_dict pre-hook", "_load_state_dict_post_hooks": "load_state_dict post-hook",
+}
+_TENSOR_HOOKS = {"_backward_hooks": "tensor hook", "_post_accumulate_grad_hooks": "post-accumulate-grad hook"}
+_GLOBAL_HOOKS = {"_global_forward_pre_hooks": "global forward pre-hook", "_global_forward_hooks": "global forward hook",
+                 "_global_backward_pre_hooks": "global backward pre-hook", "_global_backward_hooks": "global backward hook"}
+
+LEAK_PROBLEM = "calling the model leaves hooks behind: every call registers more, and none is removed"
+LEAK_HINT = ("register a hook once (in __init__, or before training), not in forward; for a hook you need only for a "
+             "while, keep the handle that register_..._hook returns and call handle.remove(). A leaked hook runs on "
+             "every later call and keeps alive whatever it holds")
+
+
+def hook_counts(model: nn.Module) -> dict[tuple[str, str, str], int]:
+    """Hooks in each hook dict of the model's tree: (module or parameter name, dict, kind) -> count.
+
+    Tensor hooks on parameters count too (they outlive a call), and so do torch's global module hooks.
+    """
+    counts = {(name, attr, kind): len(getattr(module, attr, None) or ())
+              for name, module in model.named_modules() for attr, kind in _MODULE_HOOKS.items()}
+    counts |= {(name, attr, kind): len(getattr(p, attr, None) or ())
+               for name, p in model.named_parameters() for attr, kind in _TENSOR_HOOKS.items()}
+    counts |= {("*", attr, kind): len(getattr(nn.modules.module, attr)) for attr, kind in _GLOBAL_HOOKS.items()}
+    return counts
+
+
+def hook_leaks(model: nn.Module, call: Callable, start: dict, first: dict, calls: int = 3) -> list[str]:
+    """One line per hook dict that grows on every call, or nothing. ``start`` and ``first`` are the counts
+    before and after a first call; ``call`` runs the model again until ``calls`` calls are done."""
+    history = [start, first]
+    while len(history) <= calls:
+        try:
+            call()
+        except Exception:  # the first call ran; what it left is the evidence
+            break
+        history.append(hook_counts(model))
+    leaks = []
+    for key in history[-1]:
+        gains = [after.get(key, 0) - before.get(key, 0) for before, after in zip(history, history[1:])]
+        if len(gains) > 1 and all(g > 0 for g in gains):
+            leaks.append(describe_leak(key, gains))
+    return leaks
+
+
+def describe_leak(key: tuple[str, str, str], gains: list[int]) -> str:
+    """"`fc1` gains a forward hook on every call (3 after 3 calls, in `fc1._forward_hooks`)"."""
+    where, attr, kind = key
+    who = {"*": "torch's global hook dict", "": "the model itself"}.get(where, f"`{where}`")
+    home = f"torch.nn.modules.module.{attr}" if where == "*" else f"{where or 'model'}.{attr}"
+    per = gains[0] if len(set(gains)) == 1 else 0
+    step = f"a {kind}" if per == 1 else f"{per} {kind}s" if per else f"{kind}s"
+    return f"{who} gains {step} on every call ({sum(gains)} after {len(gains)} calls, in `{home}`)"
+
+
+def _hook_name(hook) -> str:
+    return getattr(hook, "__qualname__", None) or getattr(hook, "__name__", None) or type(hook).__name__
+
+
+def backward_failure(model: nn.Module, error: BaseException) -> tuple[list[str], str]:
+    """Details and hint for an error from backward(); when a tensor was changed in place and the model has
+    forward hooks, the hooks are the first suspects."""
+    hint = explain_error(error)
+    if "modified by an inplace operation" not in str(error):
+        return [], hint
+    hooked = [f"{f'`{name}`' if name else 'the model itself'} ({type_name(sub)}) has a forward hook `{_hook_name(hook)}`"
+              for name, sub in model.named_modules() for hook in sub._forward_hooks.values()]
+    if not hooked:
+        return [], hint
+    return hooked[:4], ("a tensor autograd saved for backward was changed in place. A forward hook that changes "
+                        "`output` in place (output.clamp_(...), output.mul_(...), output[...] = ...) does exactly "
+                        "that: return a new tensor from the hook instead (return output.clamp(...)); torch uses what "
+                        "a forward hook returns as the module's output. Otherwise, look in forward for `x += ...` "
+                        "or a method ending in `_`")
 
 
 def _tensors(output) -> list[torch.Tensor]:
@@ -235,7 +322,8 @@ def check_gradient_flow(model, example, *, device):
     try:
         loss.backward()
     except RuntimeError as error:
-        fail(title, f"backward() raised {describe_error(error)}", hint=explain_error(error), devices=where)
+        details, hint = backward_failure(m, error)
+        fail(title, f"backward() raised {describe_error(error)}", details, hint=hint, devices=where)
 
     problems = []
     for name, p in params:
@@ -361,7 +449,8 @@ def check_learning(model, example, *, lr: float = 0.1, device):
         try:
             loss.backward()
         except RuntimeError as error:
-            fail(title, f"backward() raised {describe_error(error)}", hint=explain_error(error), devices=where)
+            details, hint = backward_failure(m, error)
+            fail(title, f"backward() raised {describe_error(error)}", details, hint=hint, devices=where)
     optimizer.step()
     with torch.no_grad():
         again = _outputs(_forward(m, inputs, title, where))

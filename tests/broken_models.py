@@ -254,3 +254,35 @@ class InplaceBreaksAutograd(nn.Module):
         h = torch.sigmoid(self.fc1(x))
         h += 1  # sigmoid's backward needs its output unchanged
         return self.fc2(h)
+
+
+class HookEveryCall(nn.Module):
+    """Keeps the hidden activation with a forward hook, registered anew on every call and never removed."""
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(IN, HIDDEN)
+        self.fc2 = nn.Linear(HIDDEN, OUT)
+        self.features = None
+
+    def _keep(self, module, args, output):
+        self.features = output.detach()
+
+    def forward(self, x):
+        self.fc1.register_forward_hook(self._keep)
+        return self.fc2(F.relu(self.fc1(x)))
+
+
+class InplaceHook(nn.Module):
+    """Caps the hidden activation in a forward hook, in place: ReLU saved that tensor for backward."""
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(IN, HIDDEN)
+        self.act = nn.ReLU()
+        self.fc2 = nn.Linear(HIDDEN, OUT)
+        self.act.register_forward_hook(self._cap)
+
+    def _cap(self, module, args, output):
+        output.clamp_(max=1.0)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))

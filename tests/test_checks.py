@@ -59,6 +59,13 @@ REJECTIONS = [
     (bm.UpdatesStatsInEval, EVAL, ["buffers changed during an eval-mode forward", "`running_mean` changed"]),
     (bm.InplaceBreaksAutograd, GRAD, ["modified by an inplace operation", "out-of-place"]),
     (bm.InplaceBreaksAutograd, LEARN, ["modified by an inplace operation"]),
+    (bm.HookEveryCall, GRAD, ["leaves hooks behind", "`fc1` gains a forward hook on every call (3 after 3 calls",
+                              "fc1._forward_hooks", "handle.remove()"]),
+    (bm.HookEveryCall, EVAL, ["`fc1` gains a forward hook on every call"]),
+    (bm.HookEveryCall, LEARN, ["`fc1` gains a forward hook on every call"]),
+    (bm.InplaceHook, GRAD, ["modified by an inplace operation", "`act` (nn.ReLU) has a forward hook `InplaceHook._cap`",
+                            "return a new tensor from the hook"]),
+    (bm.InplaceHook, LEARN, ["`act` (nn.ReLU) has a forward hook", "return a new tensor from the hook"]),
     (lambda: bm.FrozenLayer(), lambda m: check_trainable_count(m, expected=bm.linear_count(bm.IN, bm.HIDDEN, bm.OUT)),
      ["672 parameters are frozen (requires_grad=False): `fc1.weight`, `fc1.bias`"]),
     (bm.SharedWhereTwoMeant, lambda m: check_trainable_count(m, expected=bm.linear_count(bm.IN, bm.HIDDEN, bm.HIDDEN, bm.HIDDEN, bm.OUT)),
@@ -175,3 +182,46 @@ def test_check_names_reports_missed_extra_and_repeated():
     assert "reported 'self.layers[0]' more than once" in message
     with pytest.raises(CheckFailed, match="returned None, not a list"):
         check_names(lambda m: None, model, [])
+
+
+class HooksOnFirstCall(nn.Module):
+    """Registers its hooks lazily, once, on the first call: not a leak."""
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(bm.IN, bm.OUT)
+        self.seen = 0
+
+    def _count(self, module, args, output):
+        self.seen += 1
+
+    def forward(self, x):
+        if not self.fc._forward_hooks:
+            self.fc.register_forward_hook(self._count)
+            self.fc.weight.register_hook(lambda grad: None)
+        return self.fc(x)
+
+
+class TensorHookEveryCall(HooksOnFirstCall):
+    """A tensor hook on a parameter outlives the call: registered in forward, it piles up."""
+    def forward(self, x):
+        self.fc.weight.register_hook(lambda grad: grad.clamp(-1, 1))
+        return self.fc(x)
+
+
+def test_hooks_registered_once_are_not_a_leak(capsys):
+    check_model(HooksOnFirstCall, bm.EXAMPLE)
+    assert capsys.readouterr().out.count("✓") == 5
+
+
+def test_a_tensor_hook_left_on_a_parameter_every_call_is_a_leak():
+    with pytest.raises(CheckFailed) as failure:
+        check_learning(TensorHookEveryCall, bm.EXAMPLE)
+    message = str(failure.value)
+    assert "`fc.weight` gains a tensor hook on every call (3 after 3 calls, in `fc.weight._backward_hooks`)" in message
+    assert "handle.remove()" in message
+
+
+def test_a_forward_without_hooks_at_fault_keeps_the_usual_inplace_hint():
+    with pytest.raises(CheckFailed) as failure:
+        check_gradient_flow(bm.InplaceBreaksAutograd, bm.EXAMPLE)
+    assert "forward hook" not in str(failure.value)
