@@ -1,4 +1,5 @@
-"""Command line: ``python -m grader devices`` and ``python -m grader check FILE.py:NAME --example 8,20``."""
+"""Command line: ``python -m grader devices``, ``python -m grader check FILE.py:NAME --example 8,20``
+and ``python -m grader autograde ASSIGNMENT [--workers N]`` (see grader/autograde.py)."""
 
 import argparse
 import importlib.util
@@ -34,8 +35,15 @@ def _shape(text: str) -> tuple[int, ...]:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["autograde"]:  # its own parser: nbgrader options pass through it
+        from .autograde import main as autograde
+
+        return autograde(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m grader", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("autograde", help="autograde every submission of an assignment in parallel, into nbgrader's "
+                                     "gradebook (python -m grader autograde --help)")
     sub.add_parser("devices", help="print the device matrix the checks will run on")
     check = sub.add_parser("check", help="run every model check on a model class or factory")
     check.add_argument("target", help="FILE.py:NAME, where NAME() builds the model")

@@ -1,0 +1,408 @@
+"""Class-scale autograding: `python -m grader autograde ASSIGNMENT [--workers N]`.
+
+Grades every submitted student of ASSIGNMENT into the gradebook that `nbgrader autograde` uses,
+with nbgrader's own Autograde converter running in N worker processes (see autograde_worker.py),
+so scores and gradebook rows are nbgrader's. This module is the parent: it finds the students,
+skips those already graded (nbgrader's own rule; `--force` regrades), hands students to workers,
+shows progress, isolates failures and hangs (a student past its wall-clock limit has its worker
+killed and replaced), and prints one line per student with the reason when something went wrong.
+"""
+
+import argparse
+import json
+import logging
+import os
+import queue
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+from . import autograde_worker as worker_code
+
+STATUSES = ("graded", "failed", "timed out", "crashed", "skipped")
+
+
+# ---------------------------------------------------------------- what to grade
+
+def plan(app) -> tuple[list[str], list[str], list[Path]]:
+    """(students to grade, students skipped as already graded or excluded, source notebooks)."""
+    import re
+
+    from nbgrader.converters import Autograde, NbGraderException
+
+    coursedir = app.coursedir
+    converter = Autograde(coursedir=coursedir, parent=app)
+    try:
+        converter.init_notebooks()
+    except NbGraderException:
+        return [], [], []
+    converter.exporter = converter.exporter_class(parent=converter, config=converter.config)
+    pattern = converter._format_source("(?P<assignment_id>.*)", "(?P<student_id>.*)", escape=True)
+    excluded = set(filter(None, coursedir.student_id_exclude.split(",")))
+    todo, skipped = [], []
+    for folder in sorted(converter.assignments):
+        student = re.match(pattern, folder).group("student_id")
+        converter.notebooks = sorted(converter.assignments[folder])
+        if student in excluded:
+            skipped.append(student)
+        elif converter.force or converter.init_destination(coursedir.assignment_id, student):
+            todo.append(student)  # init_destination applies nbgrader's rule: new, newer, or --force
+        else:
+            skipped.append(student)
+    source = Path(coursedir.format_path(coursedir.source_directory, ".", coursedir.assignment_id))
+    return todo, skipped, sorted(source.glob(f"{coursedir.notebook_id}.ipynb"))
+
+
+def remove_output(app, student: str) -> None:
+    """What nbgrader does to a submission whose grading failed: remove its autograded output."""
+    from nbgrader.utils import remove, rmtree
+
+    coursedir = app.coursedir
+    dest = Path(coursedir.format_path(coursedir.autograded_directory, student, coursedir.assignment_id))
+    if coursedir.notebook_id == "*":
+        if dest.exists():
+            rmtree(str(dest))
+    else:
+        for path in dest.glob(f"{coursedir.notebook_id}.ipynb"):
+            remove(str(path))
+
+
+def default_student_timeout(app, notebooks: list[Path]) -> float:
+    """The longest nbgrader itself could take: every code cell running into Execute.timeout."""
+    import nbformat
+
+    from nbgrader.preprocessors import Execute
+
+    execute = Execute(parent=app)  # the values nbgrader will use: defaults, config files, command line
+    cells = sum(sum(c.cell_type == "code" for c in nbformat.read(p, as_version=4).cells) for p in notebooks)
+    return (execute.timeout or 0) * max(cells, 1) + execute.startup_timeout + 60
+
+
+# ---------------------------------------------------------------- workers
+
+class Worker:
+    """A worker process and the student it is grading."""
+
+    def __init__(self, index: int, settings: dict, env: dict, log_path: Path, events: queue.Queue):
+        self.index, self.log_path = index, log_path
+        self.log = open(log_path, "ab")
+        self.process = subprocess.Popen(worker_code.command(settings), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=self.log, env=env, start_new_session=True)
+        self.ready = False
+        self.student: str | None = None
+        self.started = 0.0
+        threading.Thread(target=self._read, args=(events,), daemon=True).start()
+
+    def _read(self, events: queue.Queue) -> None:
+        for line in self.process.stdout:
+            try:
+                events.put((self, json.loads(line)))
+            except ValueError:
+                continue
+        events.put((self, {"event": "exit", "code": self.process.wait()}))
+
+    def give(self, student: str) -> None:
+        self.student, self.started = student, time.monotonic()
+        self.process.stdin.write((json.dumps({"student": student}) + "\n").encode())
+        self.process.stdin.flush()
+
+    def kill(self) -> None:
+        """Kill the worker, its fork server and its kernels (the kernels die with their server)."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        self.process.wait()
+
+    def stop(self) -> None:
+        try:
+            self.process.stdin.close()
+            self.process.wait(timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            self.kill()
+        self.log.close()
+
+    def log_tail(self, lines: int = 5) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").strip().splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+class Progress:
+    """One updating line on a terminal (students done, failures, time left); one line per student otherwise."""
+
+    def __init__(self, assignment: str, total: int, quiet: bool = False):
+        self.assignment, self.total, self.quiet = assignment, total, quiet
+        self.tty = sys.stderr.isatty()
+        self.started = time.monotonic()
+        self.done = self.failed = self.running = 0
+
+    def line(self) -> str:
+        elapsed = time.monotonic() - self.started
+        left = ""
+        if self.done:
+            left = f" · ~{_duration(elapsed / self.done * (self.total - self.done))} left"
+        return (f"autograde {self.assignment}: {self.done}/{self.total} done · {self.failed} failed · "
+                f"{self.running} running · {_duration(elapsed)}{left}")
+
+    def update(self, outcome: dict | None = None) -> None:
+        if self.quiet:
+            return
+        if self.tty:
+            sys.stderr.write("\r\x1b[K" + self.line())
+        elif outcome is not None:
+            sys.stderr.write(f"{self.line()} · {outcome['student']}: {outcome['status']}\n")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.tty and not self.quiet:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
+
+
+class Pool:
+    """Worker processes, started early (they load nbgrader and warm their kernels while the parent
+    plans), then fed one student at a time."""
+
+    def __init__(self, settings: dict, log_dir: Path, progress: Progress):
+        self.settings, self.log_dir, self.progress = settings, log_dir, progress
+        self.env = dict(os.environ)
+        self.env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{self.env.get('PATH', '')}"  # for `alembic`
+        for name, value in settings.get("thread_env", {}).items():
+            self.env.setdefault(name, value)
+        self.events: queue.Queue = queue.Queue()
+        self.members: list[Worker] = []
+        self.started = 0
+
+    def start(self, count: int = 1) -> None:
+        for _ in range(count):
+            self.started += 1
+            self.members.append(Worker(self.started, self.settings, self.env,
+                                       self.log_dir / f"worker-{self.started}.log", self.events))
+
+    def shrink(self, count: int) -> None:
+        """Keep at most `count` workers (there are fewer students than workers)."""
+        while len(self.members) > count:
+            self.members.pop().stop()
+
+    def close(self, app) -> None:
+        for member in self.members:
+            if member.student is not None:  # interrupted: leave no half-graded output, as nbgrader does
+                member.kill()
+                member.log.close()
+                remove_output(app, member.student)
+            else:
+                member.stop()
+        self.members = []
+
+    def run(self, app, students: list[str], student_timeout: float) -> list[dict]:
+        """Grade `students`; one outcome per student, whatever happens to it or to its worker."""
+        pending, outcomes, progress = deque(students), {}, self.progress
+        startup_failures = 0
+
+        def finish(outcome: dict) -> None:
+            outcomes[outcome["student"]] = outcome
+            progress.done += 1
+            progress.failed += outcome["status"] != "graded"
+            progress.update(outcome)
+
+        def lose(member: Worker, status: str, reason: str) -> None:
+            """The worker is gone or must go: report its student, clean up after it, start another."""
+            self.members.remove(member)
+            member.kill()
+            member.log.close()
+            if member.student is not None:
+                remove_output(app, member.student)
+                progress.running -= 1
+                finish({"student": member.student, "status": status, "reason": reason,
+                        "seconds": round(time.monotonic() - member.started, 2), "score": None, "max_score": None})
+            if pending or not self.members:
+                self.start()
+
+        while len(outcomes) < len(students):
+            for member in self.members:
+                if member.ready and member.student is None and pending:
+                    member.give(pending.popleft())
+                    progress.running += 1
+            progress.update()
+            try:
+                member, message = self.events.get(timeout=0.5)
+            except queue.Empty:
+                member, message = None, {}
+            if member is not None and member in self.members:
+                event = message.get("event")
+                if event == "ready":
+                    member.ready, startup_failures = True, 0
+                elif event == "done":
+                    member.student = None
+                    progress.running -= 1
+                    message.pop("event")
+                    finish(message)
+                elif event == "broken":
+                    raise SystemExit(f"grader autograde: nbgrader could not start: {message['reason']}")
+                elif event == "exit":
+                    if not member.ready:
+                        startup_failures += 1
+                        if startup_failures > 3:
+                            raise SystemExit("grader autograde: grading workers keep dying at start:\n"
+                                             + member.log_tail())
+                    lose(member, "crashed", f"the grading worker died ({_exit_text(message['code'])}); "
+                                            f"see {member.log_path}")
+            now = time.monotonic()
+            for member in [m for m in self.members if m.student is not None and now - m.started > student_timeout]:
+                lose(member, "timed out", f"still running after {student_timeout:.0f} s (--student-timeout): "
+                                          "stopped, with its kernel")
+        return [outcomes[s] for s in students]
+
+
+def _exit_text(code: int) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            pass
+    return f"exit code {code}"
+
+
+# ---------------------------------------------------------------- the report
+
+def table(outcomes: list[dict]) -> str:
+    width = max([len("student")] + [len(o["student"]) for o in outcomes])
+    rows = [f"{'student':<{width}}  {'result':<9}  {'score':>11}  {'time':>6}  reason"]
+    for o in outcomes:
+        score = "-" if o.get("score") is None else f"{o['score']:g}"
+        total = "" if o.get("max_score") is None else f"/{o['max_score']:g}"
+        why = o.get("reason") or "; ".join(o.get("notes") or [])
+        rows.append(f"{o['student']:<{width}}  {o['status']:<9}  {score + total:>11}  {o.get('seconds', 0):>5.1f}s  {why}")
+    return "\n".join(rows)
+
+
+def summary(outcomes: list[dict], notebooks: int, workers: int, wall: float, log_dir: Path) -> str:
+    counts = {status: sum(o["status"] == status for o in outcomes) for status in STATUSES}
+    parts = [f"{n} {status}" for status, n in counts.items() if n]
+    graded = sum(o["status"] != "skipped" for o in outcomes)
+    per_notebook = f", {wall / (graded * notebooks):.2f} s per notebook" if graded and notebooks else ""
+    lines = [f"{len(outcomes)} students: {', '.join(parts) or 'nothing to do'}. "
+             f"{workers} worker{'s' * (workers != 1)}, {_duration(wall)} wall{per_notebook}."]
+    if counts["skipped"]:
+        lines.append("Skipped students were graded before (nbgrader's rule); --force grades them again.")
+    if graded:
+        lines.append(f"Logs: {log_dir}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- the command
+
+def parser() -> argparse.ArgumentParser:
+    cli = argparse.ArgumentParser(
+        prog="python -m grader autograde",
+        description="Autograde every submission of ASSIGNMENT in parallel, into nbgrader's gradebook, with "
+                    "nbgrader's own converter and the course's nbgrader_config.py. Other nbgrader autograde "
+                    "options pass through, written --Name=value (e.g. --Execute.timeout=60, --db=URL).")
+    cli.add_argument("assignment")
+    cli.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
+                     help="grading processes (default: this machine's cores, %(default)s)")
+    cli.add_argument("--student", help="grade only this student id (nbgrader's --student; glob patterns work)")
+    cli.add_argument("--force", "-f", action="store_true", help="grade again students that were already graded")
+    cli.add_argument("--student-timeout", type=float,
+                     help="wall-clock seconds one student may take before its worker is killed (default: "
+                          "Execute.timeout x code cells + Execute.startup_timeout + 60)")
+    cli.add_argument("--no-warm", dest="warm", action="store_false",
+                     help="start every kernel the normal way instead of forking it from a warm server")
+    cli.add_argument("--preload", help="modules the warm kernel server imports once, comma-separated "
+                                       "(default: the top-level imports of the assignment's notebooks)")
+    cli.add_argument("--kernel-threads", type=int,
+                     help="OMP/MKL threads per kernel (default: cores / workers, so workers do not oversubscribe)")
+    cli.add_argument("--report", type=Path, help="also write the outcomes as JSON to this file")
+    cli.add_argument("--log-dir", type=Path, help="where per-student and per-worker logs go (default: a temp folder)")
+    cli.add_argument("--quiet", action="store_true", help="no progress line")
+    return cli
+
+
+def main(argv=None) -> int:
+    args, passthrough = parser().parse_known_args(argv)
+    stray = [a for a in passthrough if not a.startswith("--")]
+    if stray:
+        raise SystemExit(f"grader autograde: unexpected {' '.join(stray)} (pass nbgrader options as --Name=value)")
+    nbgrader_args = [args.assignment, *passthrough]
+    if args.student:
+        nbgrader_args.append(f"--student={args.student}")
+    if args.force:
+        nbgrader_args.append("--force")
+    if args.workers < 1:
+        raise SystemExit("grader autograde: --workers must be at least 1")
+    # One named student needs one worker; otherwise start them all now, before planning, to overlap
+    # their start (nbgrader, ipykernel and torch imports) with the parent's own.
+    workers = 1 if args.student and not set("*?[") & set(args.student) else args.workers
+    threads = args.kernel_threads or max(1, len(os.sched_getaffinity(0)) // workers)
+    log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix=f"autograde-{args.assignment}-"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    settings = {"nbgrader_args": nbgrader_args, "warm": args.warm, "log_dir": str(log_dir),
+                "preload": None if args.preload is None else [m for m in args.preload.split(",") if m],
+                "thread_env": {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}}
+    progress = Progress(args.assignment, 0, quiet=args.quiet)
+    pool = Pool(settings, log_dir, progress)
+    started = time.monotonic()
+    try:
+        pool.start(workers)
+        app = worker_code.nbgrader_app(nbgrader_args)
+        if not any(a.startswith("--log-level") for a in passthrough):
+            app.log.setLevel(logging.WARNING)  # nbgrader's per-student INFO lines go to the logs, not here
+        app.coursedir.db_url = worker_code.with_busy_timeout(app.coursedir.db_url)
+        _check_gradebook(app)
+        todo, skipped, notebooks = plan(app)
+        if not todo and not skipped:
+            print(f"grader autograde: no submissions of {args.assignment} under {app.coursedir.root} "
+                  f"({app.coursedir.submitted_directory}/*/{args.assignment})", file=sys.stderr)
+            return 1
+        pool.shrink(min(workers, len(todo)))
+        progress.total = len(todo)
+        timeout = args.student_timeout or default_student_timeout(app, notebooks)
+        outcomes = pool.run(app, todo, timeout) if todo else []
+    except KeyboardInterrupt:
+        progress.close()
+        print("grader autograde: interrupted; students in progress were left ungraded (run again to resume)",
+              file=sys.stderr)
+        return 130
+    finally:
+        pool.close(app if "app" in locals() else None)
+    progress.close()
+    wall = time.monotonic() - started
+    outcomes += [{"student": s, "status": "skipped", "score": None, "max_score": None, "seconds": 0.0,
+                  "reason": "already graded"} for s in skipped]
+    outcomes.sort(key=lambda o: o["student"])
+    print(table(outcomes))
+    used = min(workers, len(todo))
+    print(summary(outcomes, len(notebooks), used, wall, log_dir))
+    if args.report:
+        args.report.write_text(json.dumps({"assignment": args.assignment, "workers": used,
+                                           "wall_seconds": round(wall, 2), "notebooks": len(notebooks),
+                                           "warm": args.warm, "students": outcomes}, indent=1))
+    return 0 if all(o["status"] in ("graded", "skipped") for o in outcomes) else 1
+
+
+def _check_gradebook(app) -> None:
+    """Create the gradebook's tables once, here, rather than in N workers at once; the assignment must exist."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    with Gradebook(app.coursedir.db_url, app.coursedir.course_id) as gradebook:
+        try:
+            gradebook.find_assignment(app.coursedir.assignment_id)
+        except MissingEntry:
+            raise SystemExit(f"grader autograde: the gradebook has no assignment {app.coursedir.assignment_id!r}: "
+                             f"run `nbgrader generate_assignment {app.coursedir.assignment_id}` first") from None
