@@ -12,12 +12,12 @@ from torch import nn
 
 from conftest import run_cells
 from grader import (CheckFailed, check_counter, check_model, check_optimizer, check_predict, check_same_function,
-                    check_trainable_count, check_training_step)
+                    check_tensors, check_trainable_count, check_training_step)
 
 pytestmark = pytest.mark.device
 
 NOTEBOOK = "solutions/07_debugging_clinic/debugging_clinic.ipynb"
-KEYS = ["p1", "p2", "p3", "p4", "p5", "p6", "p8", "p10", "p11", "p12"]
+KEYS = ["p1", "p2", "p3", "p4", "p5", "p6", "p7", "p8", "p10", "p11", "p12"]
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +69,10 @@ PATIENTS = [
     ("p6", "predict", "fixed_predict", ["test_p6_predict"],
      ["Expected more than 1 value per channel when training", "call model.eval() before single-sample inference"],
      ["Expected more than 1 value per channel when training", "call model.eval() before single-sample inference"]),
+    ("p7", "ProbedMLP", "FixedProbedMLP", ["test_p7_probed"],
+     ["calling the model leaves hooks behind: every call registers more, and none is removed",
+      "`fc1` gains a forward hook on every call (3 after 3 calls, in `fc1._forward_hooks`)", "register a hook once"],
+     ["calling the model leaves hooks behind", "`fc2` gains a forward hook on every call", "handle.remove()"]),
     ("p8", "CausalMixer", "FixedCausalMixer", ["test_p8_mixer"],
      ["a plain tensor (shape [6, 6]) at `self.mask` is not registered", "self.register_buffer(...)"],
      ["a plain tensor (shape [6, 6]) at `self.mask` is not registered", "self.register_buffer(...)"]),
@@ -177,6 +181,40 @@ def test_the_mask_left_behind_fails_on_meta_like_on_a_gpu(nb):
     assert mixer.mask.device.type == "cpu"
     with pytest.raises(RuntimeError, match="not on the expected device"):
         mixer(torch.randn(2, 6, 8, device="meta"))
+
+
+def test_hooks_removed_after_each_call_are_a_fix_too(nb, capsys):
+    class RemovesItsHooks(nb["ProbedMLP"]):
+        def forward(self, x):
+            handles = [self.fc1.register_forward_hook(self.record("fc1")),
+                       self.fc2.register_forward_hook(self.record("fc2"))]
+            try:
+                return self.fc2(torch.relu(self.fc1(x)))
+            finally:
+                for handle in handles:
+                    handle.remove()
+
+    printed = run_cell(nb, "test_p7_probed", FixedProbedMLP=RemovesItsHooks)
+    assert printed.count("✓") == 14 and "✗" not in printed
+    assert capsys.readouterr().err == ""
+
+
+def test_a_hook_fix_that_drops_the_dashboard_is_rejected(nb):
+    class NoDashboard(nb["ProbedMLP"]):
+        def forward(self, x):
+            return self.fc2(torch.relu(self.fc1(x)))
+
+    rejected(lambda: run_cell(nb, "test_p7_probed", FixedProbedMLP=NoDashboard),
+             "dashboard means", "missing `fc1`", "missing `fc2`")
+
+
+def test_an_original_that_cannot_run_is_a_test_error_not_a_verdict(nb):
+    class Crashes(nb["LoggedMLP"]):
+        def forward(self, x):
+            raise RuntimeError("boom")
+
+    with pytest.raises(ValueError, match="the original Crashes raised RuntimeError: boom"):
+        check_same_function(lambda: nb["FixedLoggedMLP"](20, 32, 4), lambda: Crashes(20, 32, 4), example=(8, 20))
 
 
 def test_the_numpy_patient_runs_under_no_grad_as_reported(nb):
@@ -376,3 +414,39 @@ def test_a_layer_left_as_none_is_named_by_the_count_check(nb):
     rejected(lambda: check_trainable_count(lambda: nb["LazyClassifier"](4, 3, 2), expected=4 * 3 + 3 + 3 * 3 + 3 + 3 * 2 + 2),
              "`self.head` is None when the model is built")
     check_trainable_count(lambda: nb["LazyClassifier"](4, 3, 2), expected=4 * 3 + 3 + 3 * 3 + 3)
+
+
+# --- the device matrix: train-mode randomness differs between devices --------------------------------
+
+class DeviceDependentNoise(nn.Module):
+    """Train-mode noise that is the same within one device's run and differs between runs, as dropout
+    masks differ between the CPU and CUDA generators under the same seed."""
+
+    builds = 0
+
+    def __init__(self):
+        super().__init__()
+        DeviceDependentNoise.builds += 1
+        self.keep = 0.5 if DeviceDependentNoise.builds % 2 else 0.3
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        if self.training:
+            x = x * (torch.rand(x.shape, device=x.device) > self.keep).float()
+        return self.fc(x)
+
+
+def test_training_checks_compare_each_device_with_its_own_reference(monkeypatch, capsys):
+    """With two runs that draw different noise, the checks still agree: each run is compared with torch's
+    loop on its own device, and the fingerprints do not carry the noise."""
+    from grader import devices
+
+    monkeypatch.setattr(devices, "selected", lambda: [torch.device("cpu"), torch.device("cpu")])
+    check_training_step(_step(["zero", "forward", "backward", "step"]), DeviceDependentNoise, example=(5, 6))
+
+    def setup():
+        model = DeviceDependentNoise()
+        return model, torch.optim.SGD(model.parameters(), lr=0.1)
+
+    check_optimizer(setup, example=(5, 6))
+    assert capsys.readouterr().out.count("✓") == 2
