@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
-from .checks import SEED, _build, _check, _inputs, _loss, _outputs, hook_counts, hook_leaks, LEAK_HINT
+from .checks import LEAK_HINT, LEAK_PROBLEM, _build, _check, _inputs, _loss, _outputs, hook_counts, hook_leaks
 from .diagnose import describe_error, explain_error, type_name
 from .report import CheckFailed, fail, plural
 
@@ -71,7 +71,7 @@ def _firing(model: nn.Module, inputs: tuple, names=None) -> dict[str, torch.Tens
     fired = {}
 
     def keep(name, module, args, output):
-        fired[name] = _outputs(output)
+        fired[name] = _outputs(output).clone()
 
     handles = [sub.register_forward_hook(functools.partial(keep, name))
                for name, sub in model.named_modules() if names is None or name in names]
@@ -89,14 +89,14 @@ def _other(inputs: tuple) -> tuple:
     return tuple(x * 1.5 - 0.25 if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in inputs)
 
 
-def _calls_model(title, where, model, inputs, context: str):
+def _calls_model(title, where, model, inputs, context: str = ""):
     __tracebackhide__ = True
     try:
         return model(*inputs)
     except CheckFailed:
         raise
     except Exception as error:  # a student's hook runs inside the call: report any failure
-        fail(title, f"calling the model {context} raised {describe_error(error)}",
+        fail(title, f"calling the model{' ' + context if context else ''} raised {describe_error(error)}",
              hint="the error comes from a hook (yours runs inside every call): " + explain_error(error), devices=where)
 
 
@@ -494,12 +494,11 @@ def check_no_hook_leak(model, example, *, calls: int = 3, device):
     m = _build(model, device, title)
     inputs = _inputs(example, device)
     start = hook_counts(m)
-    _calls_model(title, where, m, inputs, "")
+    _calls_model(title, where, m, inputs)
     leaks = hook_leaks(m, lambda: m(*inputs), start, hook_counts(m), calls=calls)
     left = _leftovers(start, hook_counts(m))
     if leaks:
-        fail(title, "calling the model leaves hooks behind: every call registers more, and none is removed",
-             leaks, hint=LEAK_HINT, devices=where)
+        fail(title, LEAK_PROBLEM, leaks, hint=LEAK_HINT, devices=where)
     total = sum(n for (w, _, _), n in hook_counts(m).items() if w != "*")
     summary = f"{plural(calls, 'call')} add no hook ({total} registered)"
     if left:
