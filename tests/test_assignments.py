@@ -1,4 +1,10 @@
-"""The assignments through the real nbgrader CLI: validate both ways, no drift, autograde round trip."""
+"""The assignments through the real nbgrader CLI: no drift, and an autograde round trip.
+
+The round trip is nbgrader's own "validate both ways", done the way grading happens: the
+reference solution must earn full marks and the blank release exactly 0 (so every graded cell
+fails on the stub). `make validate` runs `nbgrader validate` itself, and the browser tests press
+its button.
+"""
 
 import shutil
 
@@ -17,18 +23,6 @@ def notebooks(folder: str):
 
 def test_there_is_something_to_test():
     assert ASSIGNMENTS and notebooks("solutions") and notebooks("exercises")
-
-
-@pytest.mark.parametrize("notebook", notebooks("solutions"), ids=lambda p: p.parent.name)
-def test_reference_solution_passes_nbgrader_validate(notebook):
-    done = nbgrader("validate", str(notebook), cwd=ROOT)
-    assert "Success! Your notebook passes all the tests." in done.stdout, done.stdout + done.stderr
-
-
-@pytest.mark.parametrize("notebook", notebooks("exercises"), ids=lambda p: p.parent.name)
-def test_blank_release_fails_every_test(notebook):
-    done = nbgrader("validate", "--invert", str(notebook), cwd=ROOT)
-    assert "Success! The notebook does not pass any tests." in done.stdout, done.stdout + done.stderr
 
 
 def _comparable(path):
