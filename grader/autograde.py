@@ -95,6 +95,7 @@ class Worker:
                                         stderr=self.log, env=env, start_new_session=True)
         self.ready = False
         self.student: str | None = None
+        self.kernels: list[int] = []  # kernels started for the current student
         self.started = 0.0
         threading.Thread(target=self._read, args=(events,), daemon=True).start()
 
@@ -107,16 +108,19 @@ class Worker:
         events.put((self, {"event": "exit", "code": self.process.wait()}))
 
     def give(self, student: str) -> None:
-        self.student, self.started = student, time.monotonic()
+        self.student, self.started, self.kernels = student, time.monotonic(), []
         self.process.stdin.write((json.dumps({"student": student}) + "\n").encode())
         self.process.stdin.flush()
 
     def kill(self) -> None:
-        """Kill the worker, its fork server and its kernels (the kernels die with their server)."""
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except OSError:
-            pass
+        """Kill the worker, its fork server and its current student's kernels (each leads its own
+        process group; forked ones would also die with their server)."""
+        for pid in [self.process.pid, *self.kernels]:
+            try:
+                if os.getpgid(pid) == pid:
+                    os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
         self.process.wait()
 
     def stop(self) -> None:
@@ -246,7 +250,9 @@ class Pool:
                 member, message = None, {}
             if member is not None and member in self.members:
                 event = message.get("event")
-                if event == "ready":
+                if event == "kernel":
+                    member.kernels.append(message["pid"])
+                elif event == "ready":
                     member.ready, startup_failures = True, 0
                 elif event == "done":
                     member.student = None

@@ -26,6 +26,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -321,10 +322,14 @@ def main(argv) -> None:
     os.dup2(2, 1)  # stray prints (nbgrader, kernels) go to the log, never into the protocol
     sys.stdout = sys.stderr
 
+    lock = threading.Lock()
+
     def reply(**message):
-        replies.write(json.dumps(message) + "\n")
+        with lock:
+            replies.write(json.dumps(message) + "\n")
 
     kernels = load_sibling("kernels")
+    kernels.on_launch = lambda pid: reply(event="kernel", pid=pid)  # so the parent can kill it on a hang
     server = kernels.ForkServer() if settings.get("warm") else None  # imports ipykernel while nbgrader loads
     kernels.install(server)
     scratch = Path(tempfile.mkdtemp(prefix="grader-worker-"))

@@ -340,6 +340,7 @@ class ForkedProcess:
 
 _server: ForkServer | None = None
 last_kernel = None  # the process of the kernel started last: why it died, when it did
+on_launch = None  # called with each new kernel's pid (the grading worker tells its parent)
 
 
 def _launcher_args(cmd, python) -> list[str] | None:
@@ -380,6 +381,8 @@ def _provisioner_class():
                 self.cwd = cwd
                 info = self.connection_info
             last_kernel = self.process
+            if on_launch is not None:
+                on_launch(self.process.pid)
             return info
 
     return WarmProvisioner
@@ -404,3 +407,13 @@ def install(server: ForkServer | None) -> None:
     _server = server
     KernelProvisionerFactory.provisioners[PROVISIONER_NAME] = _Registration()
     KernelProvisionerFactory.instance().default_provisioner_name = PROVISIONER_NAME
+
+
+def uninstall() -> None:
+    """Back to jupyter_client's own default provisioner."""
+    global _server
+    from jupyter_client.provisioning import KernelProvisionerFactory
+
+    _server = None
+    factory = KernelProvisionerFactory.instance()
+    factory.default_provisioner_name = factory._default_provisioner_name_default()

@@ -2,6 +2,7 @@
 concurrency, and with each notebook isolated from the previous student's leftovers."""
 
 import itertools
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -166,3 +167,70 @@ def test_the_isolation_test_would_catch_a_shared_interpreter(tmp_path):
     script = f"exec({POLLUTE!r})\nimport os\nos.chdir({str(tmp_path / 'toy')!r})\nexec({CLEAN_STATE_TEST!r})"
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path / "toy", capture_output=True, text=True)
     assert done.returncode != 0 and "AssertionError" in done.stderr
+
+
+# ------------------------------------------------------------------ the fork server on its own
+
+def _kernels_module():
+    from grader import autograde_worker
+
+    return autograde_worker.load_sibling("kernels")
+
+
+PROBE = r'''
+import json, os, signal, sys, threading
+print(json.dumps({"path": sys.path, "argv": sys.argv[2:], "cwd": os.getcwd(), "name": __name__,
+                  "env": sorted(k for k in os.environ if k != "JPY_PARENT_PID"),
+                  "sigint": str(signal.getsignal(signal.SIGINT)), "threads": len(threading.enumerate()),
+                  "leads_group": os.getpgid(0) == os.getpid(), "stdin": os.readlink("/proc/self/fd/0")[:5]}))
+'''
+
+
+def _run_probe(folder: Path) -> dict:
+    import json
+
+    import nbformat
+    from jupyter_client.manager import AsyncKernelManager
+    from nbclient import NotebookClient
+
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(PROBE)],
+                                        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                                 "language": "python"}})
+    NotebookClient(notebook, kernel_manager_class=AsyncKernelManager, resources={"metadata": {"path": str(folder)}},
+                   extra_arguments=["--HistoryManager.hist_file=:memory:"]).execute()
+    probe = json.loads(notebook.cells[0].outputs[0]["text"])
+    probe["argv"] = probe["argv"][1:]  # the connection file's name differs
+    return probe
+
+
+def test_a_forked_kernel_looks_like_a_freshly_started_one(tmp_path):
+    kernels = _kernels_module()
+    fresh = _run_probe(tmp_path)
+    server = kernels.ForkServer()
+    server.preload(["math"])
+    kernels.install(server)
+    try:
+        forked = _run_probe(tmp_path)
+        assert (server.forked, server.fallbacks, server.problem) == (1, 0, "")
+    finally:
+        kernels.uninstall()
+        server.close()
+    assert forked == fresh
+
+
+def test_the_fork_server_refuses_to_fork_a_state_with_threads(tmp_path):
+    """A preloaded module that starts a thread makes forking unsafe: kernels then start the normal way."""
+    (tmp_path / "starts_a_thread.py").write_text("import threading, time\n"
+                                                 "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n")
+    kernels = _kernels_module()
+    server = kernels.ForkServer(env=dict(os.environ, PYTHONPATH=str(tmp_path)))
+    server.preload(["starts_a_thread"])
+    kernels.install(server)
+    try:
+        assert not server.wait_ready()
+        assert "a Python thread is running" in server.problem
+        assert _run_probe(tmp_path)["cwd"] == str(tmp_path)  # graded all the same, by a normal kernel
+        assert (server.forked, server.fallbacks) == (0, 1)
+    finally:
+        kernels.uninstall()
+        server.close()

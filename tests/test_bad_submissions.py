@@ -221,3 +221,19 @@ def test_stock_nbgrader_leaves_the_same_gradebook(graded):
     for student, got in graded["outcomes"].items():
         if student not in stopped:
             assert (stock / "autograded" / student / ASSIGNMENT).exists() == (got["status"] == "graded"), student
+
+
+def test_without_warm_kernels_a_stopped_students_kernel_dies_too(tmp_path):
+    """--no-warm kernels lead their own process group, apart from the worker's: the parent kills them by pid."""
+    root = make_course(tmp_path / "course", timeout=CELL_TIMEOUT)
+    pid_file = tmp_path / "kernel.pid"
+    submit(root, "crawls", _crawling(root, pid_file))
+    done = subprocess.run([sys.executable, "-m", "grader", "autograde", ASSIGNMENT, "--no-warm", "--quiet",
+                           "--student-timeout", "12", "--report", "report.json"],
+                          cwd=root, env=tool_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert report(root / "report.json")["crawls"]["status"] == "timed out"
+    pid = int(pid_file.read_text())
+    time.sleep(0.5)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)

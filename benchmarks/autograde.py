@@ -1,0 +1,210 @@
+"""Benchmark: stock `nbgrader autograde` (sequential) against `python -m grader autograde --workers N`.
+
+    .venv/bin/python benchmarks/autograde.py [--students K] [--workers N] [--assignments 01_registration,...]
+
+Builds a scratch course from this repository's nbgrader_config.py and solutions/ (every assignment
+unless --assignments says otherwise), generates each assignment, and files K synthetic students
+per assignment: the reference solution, the blank release, and partly solved notebooks (each
+answer cell taken from the solution or left blank, at random with a fixed seed). The same
+submissions are graded both ways, in this one run on this machine; the gradebooks must be
+identical (every grade and comment of every cell of every student), and the script prints the
+speed-up and the cost per notebook. Exit status 1 when the gradebooks differ.
+"""
+
+import argparse
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = Path(sys.executable)
+
+
+def env() -> dict:
+    variables = dict(os.environ)
+    variables["PATH"] = f"{PYTHON.parent}{os.pathsep}{variables.get('PATH', '')}"  # nbgrader runs `alembic`
+    return variables
+
+
+def run(command: list, cwd: Path, quiet: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run(command, cwd=cwd, env=env(), text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE if quiet else None)
+    return done
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def load() -> str:
+    return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+# ---------------------------------------------------------------- the scratch course
+
+def make_course(root: Path, assignments: list[str]) -> None:
+    shutil.copy(ROOT / "nbgrader_config.py", root)
+    shutil.copytree(ROOT / "solutions", root / "solutions", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    for assignment in assignments:
+        done = run([PYTHON.parent / "nbgrader", "generate_assignment", assignment, "--force"], root)
+        if done.returncode != 0:
+            raise SystemExit(f"nbgrader generate_assignment {assignment} failed:\n{done.stderr}")
+
+
+def partly_solved(release: nbformat.NotebookNode, solution: nbformat.NotebookNode, rng: random.Random):
+    """The release, with each answer cell replaced by the solution's at random."""
+    answers = {c.metadata["nbgrader"]["grade_id"]: c.source for c in solution.cells
+               if c.metadata.get("nbgrader", {}).get("solution")}
+    notebook = nbformat.from_dict(release)
+    for cell in notebook.cells:
+        grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
+        if grade_id in answers and rng.random() < 0.5:
+            cell.source = answers[grade_id]
+    return notebook
+
+
+def file_students(root: Path, assignments: list[str], count: int, seed: int) -> int:
+    """K students per assignment; returns the number of notebooks filed."""
+    rng = random.Random(seed)
+    filed = 0
+    for assignment in assignments:
+        for path in sorted((root / "solutions" / assignment).glob("*.ipynb")):
+            solution = nbformat.read(path, as_version=4)
+            release = nbformat.read(root / "exercises" / assignment / path.name, as_version=4)
+            for index in range(count):
+                if index == 0:
+                    notebook, student = solution, "s00-reference"
+                elif index == 1:
+                    notebook, student = release, "s01-blank"
+                else:
+                    notebook, student = partly_solved(release, solution, rng), f"s{index:02d}-partial"
+                folder = root / "submitted" / student / assignment
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / "timestamp.txt").write_text("2030-01-15 12:00:00.000000 UTC")
+                nbformat.write(notebook, folder / path.name)
+                filed += 1
+    return filed
+
+
+# ---------------------------------------------------------------- the two ways
+
+def grade_stock(root: Path, assignments: list[str]) -> float:
+    started = time.monotonic()
+    for assignment in assignments:
+        begun = time.monotonic()
+        done = run([PYTHON.parent / "nbgrader", "autograde", assignment], root)
+        status = "ok" if done.returncode == 0 else f"exit {done.returncode}"
+        say(f"  stock nbgrader autograde {assignment}: {time.monotonic() - begun:.1f} s ({status}); "
+            f"{time.monotonic() - started:.0f} s so far")
+    return time.monotonic() - started
+
+
+def grade_ours(root: Path, assignments: list[str], workers: int, extra=()) -> float:
+    started = time.monotonic()
+    for assignment in assignments:
+        begun = time.monotonic()
+        done = run([PYTHON, "-m", "grader", "autograde", assignment, "--workers", str(workers), *extra], root,
+                   quiet=False)
+        last = done.stdout.strip().splitlines()
+        summary = next((line for line in last if " students: " in line), "")
+        say(f"  python -m grader autograde {assignment} --workers {workers} {' '.join(extra)}: "
+            f"{time.monotonic() - begun:.1f} s; {summary}")
+    return time.monotonic() - started
+
+
+def gradebook(root: Path) -> dict:
+    """Every autograded value, per (assignment, student, notebook, cell)."""
+    from nbgrader.api import Gradebook
+
+    rows = {}
+    with Gradebook(f"sqlite:///{root / 'gradebook.db'}", "inside-nn-module") as book:
+        for assignment in book.assignments:
+            for submission in book.assignment_submissions(assignment.name):
+                for notebook in submission.notebooks:
+                    for grade in notebook.grades:
+                        rows[(assignment.name, submission.student.id, notebook.name, "grade", grade.name)] = \
+                            (grade.auto_score, grade.manual_score, grade.needs_manual_grade)
+                    for comment in notebook.comments:
+                        rows[(assignment.name, submission.student.id, notebook.name, "comment", comment.name)] = \
+                            (comment.auto_comment, comment.manual_comment)
+    return rows
+
+
+def compare(stock: dict, ours: dict) -> list[str]:
+    problems = []
+    for key in sorted(set(stock) | set(ours)):
+        if stock.get(key) != ours.get(key):
+            problems.append(f"{'/'.join(key)}: stock {stock.get(key)} != ours {ours.get(key)}")
+    return problems
+
+
+def main(argv=None) -> int:
+    cli = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    cli.add_argument("--students", type=int, default=6, help="students per assignment (default %(default)s)")
+    cli.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
+                     help="workers for python -m grader autograde (default: cores, %(default)s)")
+    cli.add_argument("--assignments", help="comma-separated (default: every solutions/NN_* folder)")
+    cli.add_argument("--also-cold", action="store_true",
+                     help="also grade in parallel without warm kernels (--no-warm), to show what they buy")
+    cli.add_argument("--seed", type=int, default=7)
+    cli.add_argument("--keep", action="store_true", help="keep the scratch courses")
+    args = cli.parse_args(argv)
+    assignments = (args.assignments.split(",") if args.assignments else
+                   sorted(p.name for p in (ROOT / "solutions").iterdir() if p.is_dir() and p.name[:2].isdigit()))
+
+    scratch = Path(tempfile.mkdtemp(prefix="autograde-benchmark-"))
+    try:
+        say(f"Building a course with {len(assignments)} assignments and {args.students} students each in {scratch}")
+        base = scratch / "base"
+        base.mkdir()
+        make_course(base, assignments)
+        notebooks = file_students(base, assignments, args.students, args.seed)
+        ways = {"stock": None, "ours": None} | ({"cold": None} if args.also_cold else {})
+        for way in ways:
+            shutil.copytree(base, scratch / way)
+
+        cores = len(os.sched_getaffinity(0))
+        say(f"{notebooks} notebooks; {cores} cores; {load()}")
+        say("Stock nbgrader autograde, sequential:")
+        ways["stock"] = grade_stock(scratch / "stock", assignments)
+        say(f"python -m grader autograde --workers {args.workers} (warm kernels):")
+        ways["ours"] = grade_ours(scratch / "ours", assignments, args.workers)
+        if args.also_cold:
+            say(f"python -m grader autograde --workers {args.workers} --no-warm:")
+            ways["cold"] = grade_ours(scratch / "cold", assignments, args.workers, ["--no-warm"])
+        after = load()
+
+        stock_rows = gradebook(scratch / "stock")
+        problems = {way: compare(stock_rows, gradebook(scratch / way)) for way in ways if way != "stock"}
+        graded = len({key[:3] for key in stock_rows})
+        print(f"\n{notebooks} notebooks ({len(assignments)} assignments x {args.students} students), "
+              f"{cores} cores, {args.workers} workers; {after} at the end")
+        print(f"{'':<34}{'wall':>9}{'per notebook':>15}{'speed-up':>10}")
+        names = {"stock": "stock nbgrader autograde", "ours": f"grader autograde --workers {args.workers}",
+                 "cold": f"  same, --no-warm"}
+        for way, seconds in ways.items():
+            print(f"{names[way]:<34}{seconds:>8.1f}s{seconds / notebooks:>14.2f}s{ways['stock'] / seconds:>9.2f}x")
+        for way, found in problems.items():
+            if found:
+                print(f"\nGradebooks DIFFER ({names[way].strip()} vs stock), {len(found)} values:")
+                print("\n".join(found[:40]))
+            else:
+                print(f"Gradebooks identical ({names[way].strip()} vs stock): {len(stock_rows)} grades and comments "
+                      f"of {graded} submitted notebooks.")
+        return 1 if any(problems.values()) or graded < notebooks else 0
+    finally:
+        if args.keep:
+            say(f"kept {scratch}")
+        else:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
