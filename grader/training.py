@@ -16,6 +16,7 @@ from torch import nn
 from .checks import AGREEMENT, SEED, _build, _check, _COUNTERS, _forward, _inputs, _loss, _outputs
 from .diagnose import describe_error, explain_error, shared_modules, type_name
 from .report import fail, plural, quiet, verdict
+from .saving import state_dict_mismatch
 
 # Two runs of the same float32 arithmetic agree far more closely than this.
 SAME = {"rtol": 1e-5, "atol": 1e-6}
@@ -73,13 +74,15 @@ def check_optimizer(setup: Callable, example=None, *, device):
             details.append(f"{plural(len(missing), 'trainable tensor')} of the model {'is' if len(missing) == 1 else 'are'} "
                            f"not in the optimizer: {_names(missing)}")
         if stale:
-            details.append(f"the optimizer holds {plural(len(stale), 'tensor')} that the model no longer has "
-                           f"(shapes {_shapes(stale)}): the layers they belonged to were replaced")
+            details.append(f"the optimizer holds {plural(len(stale), 'tensor')} that the model does not have "
+                           f"(shapes {_shapes(stale)}): left from layers since replaced, or from another model")
         owners = sorted({n.rpartition(".")[0] or n for n in missing})
         one = len(owners) == 1
         cause = (f"{_names(owners)} {'was' if one else 'were'} created or replaced after the optimizer was built, "
                  f"so the optimizer never sees {'it' if one else 'them'}") if owners else \
             "layers were replaced after the optimizer was built"
+        if len(missing) == len(trainable) > 1 and held:
+            cause = "it holds none of them: was it built from another model, such as a second instance?"
         fail(title, "the optimizer does not hold the model's current parameters: " + cause, details,
              hint="build the optimizer last, from model.parameters(), once every layer exists: "
                   "torch.optim.SGD(model.parameters(), lr=...) copies the list of tensors when it is created",
@@ -390,12 +393,14 @@ def check_same_function(model, original, example, *, convert: Callable | None = 
     buffers = {n for n, _ in yours.named_buffers()}  # a plain tensor made a buffer is a fix, not a mismatch
     missing, unexpected = sorted(set(saved) - mine), sorted(mine - set(saved) - buffers)
     if missing or unexpected:
-        holder = label if convert is None else "it"
-        fail(title, f"your model cannot take {source}: the names differ",
-             [f"{holder} has `{n}`, yours has not" for n in missing] + [f"yours has `{n}`, {holder} has not" for n in unexpected],
-             hint=(f"keep {label}'s attribute names and layers: a fix changes how the model computes, not what it holds"
-                   if convert is None else "every key of the checkpoint must become a key of your model"),
-             devices=where)
+        if convert is None:
+            details = ([f"{label} has `{n}`, yours has not" for n in missing]
+                       + [f"yours has `{n}`, {label} has not" for n in unexpected])
+            hint = f"keep {label}'s attribute names and layers: a fix changes how the model computes, not what it holds"
+        else:  # name the renames that would fit, as check_loads_state_dict does
+            details = state_dict_mismatch(yours, saved)
+            hint = "every key of the converted checkpoint must be a key of the model, with the same shape"
+        fail(title, f"your model cannot take {source}: the names differ", details, hint=hint, devices=where)
     try:
         yours.load_state_dict(saved, strict=False)
     except RuntimeError as error:

@@ -17,13 +17,18 @@ from grader import (CheckFailed, check_counter, check_model, check_optimizer, ch
 pytestmark = pytest.mark.device
 
 NOTEBOOK = "solutions/07_debugging_clinic/debugging_clinic.ipynb"
-KEYS = ["p1", "p2", "p3", "p4", "p5", "p6", "p7", "p8", "p10", "p11", "p12"]
+KEYS = ["p1", "p2", "p3", "p4", "p5", "p6", "p7", "p8", "p9", "p10", "p11", "p12"]
 
 
 @pytest.fixture(scope="module")
 def nb():
     """The assignment's own cells: the setup, every broken patient and every reference fix."""
     return run_cells(NOTEBOOK, "setup", *(f"{k}_broken" for k in KEYS), *(f"{k}_answer" for k in KEYS))
+
+
+def upgrade_checkpoint(state_dict):
+    """Patient 9 as it stands: no conversion at all, the old checkpoint as it is."""
+    return state_dict
 
 
 def rejected(check, *fragments) -> str:
@@ -44,7 +49,7 @@ def run_cell(nb, grade_id, **names) -> str:
     return printed.getvalue()
 
 
-# (patient, broken name, the name its fix has, its graded cells,
+# (patient, broken name (or the broken function itself), the name its fix has, its graded cells,
 #  fragments the demo cell prints, fragments with which each graded cell rejects the broken code)
 PATIENTS = [
     ("p1", "Regressor", "FixedRegressor", ["test_p1_regressor"],
@@ -64,7 +69,7 @@ PATIENTS = [
     ("p5", "setup_finetune", "fixed_setup_finetune", ["test_p5_finetune"],
      ["`head` was created or replaced after the optimizer was built",
       "2 trainable tensors of the model are not in the optimizer: `head.weight` and `head.bias`",
-      "the optimizer holds 2 tensors that the model no longer has (shapes [10, 16], [10])", "build the optimizer last"],
+      "the optimizer holds 2 tensors that the model does not have (shapes [10, 16], [10])", "build the optimizer last"],
      ["`head` was created or replaced after the optimizer was built", "build the optimizer last"]),
     ("p6", "predict", "fixed_predict", ["test_p6_predict"],
      ["Expected more than 1 value per channel when training", "call model.eval() before single-sample inference"],
@@ -76,6 +81,13 @@ PATIENTS = [
     ("p8", "CausalMixer", "FixedCausalMixer", ["test_p8_mixer"],
      ["a plain tensor (shape [6, 6]) at `self.mask` is not registered", "self.register_buffer(...)"],
      ["a plain tensor (shape [6, 6]) at `self.mask` is not registered", "self.register_buffer(...)"]),
+    ("p9", upgrade_checkpoint, "upgrade_checkpoint", ["test_p9_upgrade", "test_p9_every_checkpoint"],
+     ["SentimentV2 cannot load this state_dict with strict=True",
+      "the checkpoint has `encoder.1.*` but the model registers `backbone.2.*` (5 keys)",
+      "the checkpoint has `encoder.0.*` but the model registers `backbone.1.*` (2 keys)",
+      "the checkpoint has `classifier.*` but the model registers `heads.sentiment.*`", "strict=False would only hide"],
+     ["your model cannot take upgrade_checkpoint(SentimentV1's state_dict): the names differ",
+      "the checkpoint has `encoder.1.*` but the model registers `backbone.2.*`"]),
     ("p10", "train_step", "fixed_train_step", ["test_p10_train_step", "test_p10_train_step_modes"],
      ["gradients accumulate across steps", "the update at step 2 used the sum of the gradients of batches 1 to 2",
       "call optimizer.zero_grad() in every step, before loss.backward()"],
@@ -91,6 +103,20 @@ PATIENTS = [
      ["✗ eval behaviour", "training=self.training"]),
 ]
 IDS = [p[0] for p in PATIENTS]
+
+
+def test_patient_9_has_one_best_pairing_of_renamed_keys(nb):
+    """check_loads_state_dict pairs renamed prefixes greedily, best rank first; patient 9 is built so that no two
+    candidate pairings share a rank, so its demo names the same renames whatever the order of iteration."""
+    from grader.saving import _dotted_prefixes, _rests
+
+    old, new = nb["SentimentV1"](20, 32, 3).state_dict(), nb["SentimentV2"](20, 32, 3).state_dict()
+    unexpected, missing = [k for k in old if k not in new], [k for k in new if k not in old]
+    ranks = [(len(_rests(unexpected, o)), len(o) + len(n))
+             for o in {p for k in unexpected for p in _dotted_prefixes(k)}
+             for n in {p for k in missing for p in _dotted_prefixes(k)}
+             if o != n and _rests(unexpected, o) == _rests(missing, n)]
+    assert len(ranks) == len(set(ranks)) == 5
 
 
 def test_every_patient_is_covered():
@@ -111,7 +137,7 @@ def test_demo_cell_prints_the_diagnosis(nb, key, broken, fixed, cells, demo, gra
 def test_graded_cells_reject_the_broken_code_with_the_right_hint(nb, key, broken, fixed, cells, demo, graded, capsys):
     """Each graded cell, run with the broken code under the fix's name, fails with the patient's hint."""
     for cell in cells:
-        rejected(lambda: run_cell(nb, cell, **{fixed: nb[broken]}), *graded)
+        rejected(lambda: run_cell(nb, cell, **{fixed: nb[broken] if isinstance(broken, str) else broken}), *graded)
     assert capsys.readouterr().err == ""
 
 
@@ -215,6 +241,29 @@ def test_an_original_that_cannot_run_is_a_test_error_not_a_verdict(nb):
 
     with pytest.raises(ValueError, match="the original Crashes raised RuntimeError: boom"):
         check_same_function(lambda: nb["FixedLoggedMLP"](20, 32, 4), lambda: Crashes(20, 32, 4), example=(8, 20))
+
+
+def test_an_upgrade_that_only_knows_old_keys_is_named(nb):
+    renames = {"encoder.0.": "backbone.1.", "encoder.1.": "backbone.2.", "classifier.": "heads.sentiment."}
+
+    def only_old_keys(state_dict):  # the lesson's pattern: every key must match an old prefix
+        return {renames[next(p for p in renames if k.startswith(p))] + k.split(".", 2)[-1]
+                if not k.startswith("classifier.") else "heads.sentiment." + k.split(".", 1)[1]: t
+                for k, t in state_dict.items()}
+
+    run_cell(nb, "test_p9_upgrade", upgrade_checkpoint=only_old_keys)  # old checkpoints: fine
+    rejected(lambda: run_cell(nb, "test_p9_every_checkpoint", upgrade_checkpoint=only_old_keys),
+             "only_old_keys(SentimentV2's state_dict) raised StopIteration")
+
+
+def test_an_index_shift_missed_is_named_with_the_rename(nb):
+    def missed_the_dropout(state_dict):
+        return {k.replace("encoder.", "backbone.").replace("classifier.", "heads.sentiment."): t
+                for k, t in state_dict.items()}
+
+    rejected(lambda: run_cell(nb, "test_p9_upgrade", upgrade_checkpoint=missed_the_dropout),
+             "the names differ", "missing from the checkpoint: `backbone.2.bias`",
+             "`backbone.1.weight`: the checkpoint holds shape [32], the model registers [32, 20]")
 
 
 def test_the_numpy_patient_runs_under_no_grad_as_reported(nb):
@@ -349,7 +398,7 @@ def test_an_optimizer_missing_a_new_layer_is_named():
 
     message = rejected(lambda: check_optimizer(added_after), "`1` was created or replaced after the optimizer was built",
                        "2 trainable tensors of the model are not in the optimizer: `1.weight` and `1.bias`")
-    assert "no longer has" not in message
+    assert "does not have" not in message
 
 
 def test_an_optimizer_with_a_zero_learning_rate_is_named():
@@ -360,6 +409,15 @@ def test_an_optimizer_with_a_zero_learning_rate_is_named():
     check_optimizer(frozen_by_lr)  # it holds the right tensors...
     rejected(lambda: check_optimizer(frozen_by_lr, example=(3, 4)),  # ...but a step moves none of them
              "one optimizer.step() left some trainable tensors unchanged", "`weight` did not move", "learning rate")
+
+
+def test_an_optimizer_built_from_another_instance_is_named():
+    def two_instances():
+        model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+        return model, torch.optim.SGD(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)).parameters(), lr=0.1)
+
+    rejected(lambda: check_optimizer(two_instances), "it holds none of them", "another model",
+             "the optimizer holds 4 tensors that the model does not have")
 
 
 def test_a_setup_that_returns_something_else_is_named():
