@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checks import AGREEMENT, SEED, _build, _check, _COUNTERS, _forward, _inputs, _loss, _outputs
-from .diagnose import describe_error, explain_error, shared_modules, type_name
+from .diagnose import describe_error, explain_error, type_name
 from .report import fail, plural, quiet, verdict
 from .saving import state_dict_mismatch
 

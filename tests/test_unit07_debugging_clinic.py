@@ -12,7 +12,7 @@ from torch import nn
 
 from conftest import run_cells
 from grader import (CheckFailed, check_counter, check_model, check_optimizer, check_predict, check_same_function,
-                    check_tensors, check_trainable_count, check_training_step)
+                    check_trainable_count, check_training_step)
 
 pytestmark = pytest.mark.device
 
