@@ -16,7 +16,6 @@ from torch import nn
 from .checks import AGREEMENT, SEED, _build, _check, _COUNTERS, _forward, _inputs, _loss, _outputs
 from .diagnose import describe_error, explain_error, type_name
 from .report import fail, plural, quiet, verdict
-from .saving import state_dict_mismatch
 
 # Two runs of the same float32 arithmetic agree far more closely than this.
 SAME = {"rtol": 1e-5, "atol": 1e-6}
@@ -398,6 +397,7 @@ def check_same_function(model, original, example, *, convert: Callable | None = 
                        + [f"yours has `{n}`, {label} has not" for n in unexpected])
             hint = f"keep {label}'s attribute names and layers: a fix changes how the model computes, not what it holds"
         else:  # name the renames that would fit, as check_loads_state_dict does
+            from .saving import state_dict_mismatch  # unit 06's module; imported where it is needed
             details = state_dict_mismatch(yours, saved)
             hint = "every key of the converted checkpoint must be a key of the model, with the same shape"
         fail(title, f"your model cannot take {source}: the names differ", details, hint=hint, devices=where)
