@@ -225,3 +225,35 @@ def test_a_forward_without_hooks_at_fault_keeps_the_usual_inplace_hint():
     with pytest.raises(CheckFailed) as failure:
         check_gradient_flow(bm.InplaceBreaksAutograd, bm.EXAMPLE)
     assert "forward hook" not in str(failure.value)
+
+
+def test_dropout_does_not_break_agreement_across_devices_with_other_random_streams(monkeypatch, capsys):
+    """CUDA draws other dropout masks than the CPU under one seed: a two-device matrix whose random
+    streams differ (simulated on the CPU) must still pass a correct dropout model, and still catch a
+    model that really computes something else on the second device."""
+    from grader import devices
+    monkeypatch.setattr(devices, "selected", lambda: [torch.device("cpu"), torch.device("cpu")])
+    monkeypatch.setattr(devices, "label", lambda matrix: "cpu, cpu*")
+    rounds = []  # each device starts with torch.manual_seed(SEED): count them
+    seed, dropout = torch.manual_seed, torch.nn.functional.dropout
+    monkeypatch.setattr(torch, "manual_seed", lambda s: (rounds.append(s), seed(s))[1])
+    # another device, another random stream: skip ahead by the round number before each dropout draw
+    monkeypatch.setattr(torch.nn.functional, "dropout",
+                        lambda x, *a, **k: (torch.rand(len(rounds)), dropout(x, *a, **k))[1])
+    for check in (GRAD, EVAL, LEARN, MOVE):
+        check(bm.GoodMLP)
+    assert capsys.readouterr().out.count("✓") == 4
+
+    calls = iter(range(100))
+
+    class DeviceDependent(nn.Module):  # a different result on the second "device"
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(bm.IN, bm.OUT)
+            self.offset = next(calls) * 0.5
+
+        def forward(self, x):
+            return self.fc(x) + self.offset
+
+    with pytest.raises(CheckFailed, match="differ from cpu"):
+        check_gradient_flow(DeviceDependent, bm.EXAMPLE)
