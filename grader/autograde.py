@@ -1,4 +1,4 @@
-"""Class-scale autograding: `python -m grader autograde ASSIGNMENT [--workers N]`.
+"""Class-scale autograding: `python -m grader autograde ASSIGNMENT [ASSIGNMENT...] [--workers N]`.
 
 Grades every submitted student of ASSIGNMENT into the gradebook that `nbgrader autograde` uses,
 with nbgrader's own Autograde converter running in N worker processes (see autograde_worker.py),
@@ -29,13 +29,14 @@ STATUSES = ("graded", "failed", "timed out", "crashed", "skipped")
 
 # ---------------------------------------------------------------- what to grade
 
-def plan(app) -> tuple[list[str], list[str], list[Path]]:
+def plan(app, assignment: str) -> tuple[list[str], list[str], list[Path]]:
     """(students to grade, students skipped as already graded or excluded, source notebooks)."""
     import re
 
     from nbgrader.converters import Autograde, NbGraderException
 
     coursedir = app.coursedir
+    coursedir.assignment_id = assignment
     converter = Autograde(coursedir=coursedir, parent=app)
     try:
         converter.init_notebooks()
@@ -50,20 +51,19 @@ def plan(app) -> tuple[list[str], list[str], list[Path]]:
         converter.notebooks = sorted(converter.assignments[folder])
         if student in excluded:
             skipped.append(student)
-        elif converter.force or converter.init_destination(coursedir.assignment_id, student):
+        elif converter.force or converter.init_destination(assignment, student):
             todo.append(student)  # init_destination applies nbgrader's rule: new, newer, or --force
         else:
             skipped.append(student)
-    source = Path(coursedir.format_path(coursedir.source_directory, ".", coursedir.assignment_id))
-    return todo, skipped, sorted(source.glob(f"{coursedir.notebook_id}.ipynb"))
+    return todo, skipped, worker_code.source_notebooks(app)
 
 
-def remove_output(app, student: str) -> None:
+def remove_output(app, assignment: str, student: str) -> None:
     """What nbgrader does to a submission whose grading failed: remove its autograded output."""
     from nbgrader.utils import remove, rmtree
 
     coursedir = app.coursedir
-    dest = Path(coursedir.format_path(coursedir.autograded_directory, student, coursedir.assignment_id))
+    dest = Path(coursedir.format_path(coursedir.autograded_directory, student, assignment))
     if coursedir.notebook_id == "*":
         if dest.exists():
             rmtree(str(dest))
@@ -86,7 +86,7 @@ def default_student_timeout(app, notebooks: list[Path]) -> float:
 # ---------------------------------------------------------------- workers
 
 class Worker:
-    """A worker process and the student it is grading."""
+    """A worker process and the task (assignment, student) it is grading."""
 
     def __init__(self, index: int, settings: dict, env: dict, log_path: Path, events: queue.Queue):
         self.index, self.log_path = index, log_path
@@ -94,8 +94,8 @@ class Worker:
         self.process = subprocess.Popen(worker_code.command(settings), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=self.log, env=env, start_new_session=True)
         self.ready = False
-        self.student: str | None = None
-        self.kernels: list[int] = []  # kernels started for the current student
+        self.task: tuple[str, str] | None = None
+        self.kernels: list[int] = []  # kernels started for the current task
         self.started = 0.0
         threading.Thread(target=self._read, args=(events,), daemon=True).start()
 
@@ -107,9 +107,9 @@ class Worker:
                 continue
         events.put((self, {"event": "exit", "code": self.process.wait()}))
 
-    def give(self, student: str) -> None:
-        self.student, self.started, self.kernels = student, time.monotonic(), []
-        self.process.stdin.write((json.dumps({"student": student}) + "\n").encode())
+    def give(self, task: tuple[str, str]) -> None:
+        self.task, self.started, self.kernels = task, time.monotonic(), []
+        self.process.stdin.write((json.dumps({"assignment": task[0], "student": task[1]}) + "\n").encode())
         self.process.stdin.flush()
 
     def kill(self) -> None:
@@ -141,8 +141,8 @@ class Worker:
 class Progress:
     """One updating line on a terminal (students done, failures, time left); one line per student otherwise."""
 
-    def __init__(self, assignment: str, total: int, quiet: bool = False):
-        self.assignment, self.total, self.quiet = assignment, total, quiet
+    def __init__(self, title: str, total: int, quiet: bool = False):
+        self.title, self.total, self.quiet = title, total, quiet
         self.tty = sys.stderr.isatty()
         self.started = time.monotonic()
         self.done = self.failed = self.running = 0
@@ -152,7 +152,7 @@ class Progress:
         left = ""
         if self.done:
             left = f" · ~{_duration(elapsed / self.done * (self.total - self.done))} left"
-        return (f"autograde {self.assignment}: {self.done}/{self.total} done · {self.failed} failed · "
+        return (f"autograde {self.title}: {self.done}/{self.total} done · {self.failed} failed · "
                 f"{self.running} running · {_duration(elapsed)}{left}")
 
     def update(self, outcome: dict | None = None) -> None:
@@ -161,7 +161,7 @@ class Progress:
         if self.tty:
             sys.stderr.write("\r\x1b[K" + self.line())
         elif outcome is not None:
-            sys.stderr.write(f"{self.line()} · {outcome['student']}: {outcome['status']}\n")
+            sys.stderr.write(f"{self.line()} · {outcome['student']} ({outcome['assignment']}): {outcome['status']}\n")
         sys.stderr.flush()
 
     def close(self) -> None:
@@ -206,21 +206,21 @@ class Pool:
 
     def close(self, app) -> None:
         for member in self.members:
-            if member.student is not None:  # interrupted: leave no half-graded output, as nbgrader does
+            if member.task is not None:  # interrupted: leave no half-graded output, as nbgrader does
                 member.kill()
                 member.log.close()
-                remove_output(app, member.student)
+                remove_output(app, *member.task)
             else:
                 member.stop()
         self.members = []
 
-    def run(self, app, students: list[str], student_timeout: float) -> list[dict]:
-        """Grade `students`; one outcome per student, whatever happens to it or to its worker."""
-        pending, outcomes, progress = deque(students), {}, self.progress
+    def run(self, app, tasks: list[tuple[str, str]], student_timeout: float) -> list[dict]:
+        """Grade each (assignment, student); one outcome each, whatever happens to it or to its worker."""
+        pending, outcomes, progress = deque(tasks), {}, self.progress
         startup_failures = 0
 
         def finish(outcome: dict) -> None:
-            outcomes[outcome["student"]] = outcome
+            outcomes[outcome["assignment"], outcome["student"]] = outcome
             progress.done += 1
             progress.failed += outcome["status"] != "graded"
             progress.update(outcome)
@@ -230,17 +230,18 @@ class Pool:
             self.members.remove(member)
             member.kill()
             member.log.close()
-            if member.student is not None:
-                remove_output(app, member.student)
+            if member.task is not None:
+                remove_output(app, *member.task)
                 progress.running -= 1
-                finish({"student": member.student, "status": status, "reason": reason,
-                        "seconds": round(time.monotonic() - member.started, 2), "score": None, "max_score": None})
+                finish({"assignment": member.task[0], "student": member.task[1], "status": status,
+                        "reason": reason, "seconds": round(time.monotonic() - member.started, 2),
+                        "score": None, "max_score": None})
             if pending or not self.members:
                 self.start()
 
-        while len(outcomes) < len(students):
+        while len(outcomes) < len(tasks):
             for member in self.members:
-                if member.ready and member.student is None and pending:
+                if member.ready and member.task is None and pending:
                     member.give(pending.popleft())
                     progress.running += 1
             progress.update()
@@ -255,7 +256,7 @@ class Pool:
                 elif event == "ready":
                     member.ready, startup_failures = True, 0
                 elif event == "done":
-                    member.student = None
+                    member.task = None
                     progress.running -= 1
                     message.pop("event")
                     finish(message)
@@ -270,10 +271,10 @@ class Pool:
                     lose(member, "crashed", f"the grading worker died ({_exit_text(message['code'])}); "
                                             f"see {member.log_path}")
             now = time.monotonic()
-            for member in [m for m in self.members if m.student is not None and now - m.started > student_timeout]:
+            for member in [m for m in self.members if m.task is not None and now - m.started > student_timeout]:
                 lose(member, "timed out", f"still running after {student_timeout:.0f} s (--student-timeout): "
                                           "stopped, with its kernel")
-        return [outcomes[s] for s in students]
+        return [outcomes[task] for task in tasks]
 
 
 def _exit_text(code: int) -> str:
@@ -288,26 +289,31 @@ def _exit_text(code: int) -> str:
 # ---------------------------------------------------------------- the report
 
 def table(outcomes: list[dict]) -> str:
+    several = len({o["assignment"] for o in outcomes}) > 1
     width = max([len("student")] + [len(o["student"]) for o in outcomes])
-    rows = [f"{'student':<{width}}  {'result':<9}  {'score':>11}  {'time':>6}  reason"]
+    first = max([len("assignment")] + [len(o["assignment"]) for o in outcomes]) if several else 0
+    head = f"{'assignment':<{first}}  " if several else ""
+    rows = [f"{head}{'student':<{width}}  {'result':<9}  {'score':>11}  {'time':>6}  reason"]
     for o in outcomes:
         score = "-" if o.get("score") is None else f"{o['score']:g}"
         total = "" if o.get("max_score") is None else f"/{o['max_score']:g}"
         why = o.get("reason") or "; ".join(o.get("notes") or [])
-        rows.append(f"{o['student']:<{width}}  {o['status']:<9}  {score + total:>11}  {o.get('seconds', 0):>5.1f}s  {why}")
+        where = f"{o['assignment']:<{first}}  " if several else ""
+        rows.append(f"{where}{o['student']:<{width}}  {o['status']:<9}  {score + total:>11}  "
+                    f"{o.get('seconds', 0):>5.1f}s  {why}")
     return "\n".join(rows)
 
 
 def summary(outcomes: list[dict], notebooks: int, workers: int, wall: float, log_dir: Path) -> str:
+    """`notebooks`: how many notebooks the graded (not skipped) submissions hold."""
     counts = {status: sum(o["status"] == status for o in outcomes) for status in STATUSES}
     parts = [f"{n} {status}" for status, n in counts.items() if n]
-    graded = sum(o["status"] != "skipped" for o in outcomes)
-    per_notebook = f", {wall / (graded * notebooks):.2f} s per notebook" if graded and notebooks else ""
-    lines = [f"{len(outcomes)} students: {', '.join(parts) or 'nothing to do'}. "
+    per_notebook = f", {wall / notebooks:.2f} s per notebook" if notebooks else ""
+    lines = [f"{len(outcomes)} submissions: {', '.join(parts) or 'nothing to do'}. "
              f"{workers} worker{'s' * (workers != 1)}, {_duration(wall)} wall{per_notebook}."]
     if counts["skipped"]:
         lines.append("Skipped students were graded before (nbgrader's rule); --force grades them again.")
-    if graded:
+    if notebooks:
         lines.append(f"Logs: {log_dir}")
     return "\n".join(lines)
 
@@ -320,13 +326,14 @@ def parser() -> argparse.ArgumentParser:
         description="Autograde every submission of ASSIGNMENT in parallel, into nbgrader's gradebook, with "
                     "nbgrader's own converter and the course's nbgrader_config.py. Other nbgrader autograde "
                     "options pass through, written --Name=value (e.g. --Execute.timeout=60, --db=URL).")
-    cli.add_argument("assignment")
+    cli.add_argument("assignments", nargs="+", metavar="ASSIGNMENT",
+                     help="one or more assignments; several share the workers (and their start-up)")
     cli.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
                      help="grading processes (default: this machine's cores, %(default)s)")
     cli.add_argument("--student", help="grade only this student id (nbgrader's --student; glob patterns work)")
     cli.add_argument("--force", "-f", action="store_true", help="grade again students that were already graded")
     cli.add_argument("--student-timeout", type=float,
-                     help="wall-clock seconds one student may take before its worker is killed (default: "
+                     help="wall-clock seconds one submission may take before its worker is killed (default: "
                           "Execute.timeout x code cells + Execute.startup_timeout + 60)")
     cli.add_argument("--no-warm", dest="warm", action="store_false",
                      help="start every kernel the normal way instead of forking it from a warm server")
@@ -345,70 +352,81 @@ def main(argv=None) -> int:
     stray = [a for a in passthrough if not a.startswith("--")]
     if stray:
         raise SystemExit(f"grader autograde: unexpected {' '.join(stray)} (pass nbgrader options as --Name=value)")
-    nbgrader_args = [args.assignment, *passthrough]
+    assignments = list(dict.fromkeys(args.assignments))
+    nbgrader_args = [assignments[0], *passthrough]
     if args.student:
         nbgrader_args.append(f"--student={args.student}")
     if args.force:
         nbgrader_args.append("--force")
     if args.workers < 1:
         raise SystemExit("grader autograde: --workers must be at least 1")
-    # One named student needs one worker; otherwise start them all now, before planning, to overlap
-    # their start (nbgrader, ipykernel and torch imports) with the parent's own.
-    workers = 1 if args.student and not set("*?[") & set(args.student) else args.workers
+    # One named student of one assignment needs one worker; otherwise start them all now, before
+    # planning, so that their start (nbgrader, ipykernel and torch imports) overlaps the parent's.
+    single = args.student and not set("*?[") & set(args.student) and len(assignments) == 1
+    workers = 1 if single else args.workers
     threads = args.kernel_threads or max(1, len(os.sched_getaffinity(0)) // workers)
-    log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix=f"autograde-{args.assignment}-"))
+    title = assignments[0] if len(assignments) == 1 else f"{len(assignments)} assignments"
+    log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix=f"autograde-{assignments[0]}-"))
     log_dir.mkdir(parents=True, exist_ok=True)
-    settings = {"nbgrader_args": nbgrader_args, "warm": args.warm, "log_dir": str(log_dir),
+    settings = {"nbgrader_args": nbgrader_args, "assignments": assignments, "warm": args.warm,
+                "log_dir": str(log_dir),
                 "preload": None if args.preload is None else [m for m in args.preload.split(",") if m],
                 "thread_env": {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}}
-    progress = Progress(args.assignment, 0, quiet=args.quiet)
+    progress = Progress(title, 0, quiet=args.quiet)
     pool = Pool(settings, log_dir, progress)
     started = time.monotonic()
+    app = None
     try:
         pool.start(workers)
         app = worker_code.nbgrader_app(nbgrader_args)
         if not any(a.startswith("--log-level") for a in passthrough):
             app.log.setLevel(logging.WARNING)  # nbgrader's per-student INFO lines go to the logs, not here
         app.coursedir.db_url = worker_code.with_busy_timeout(app.coursedir.db_url)
-        _check_gradebook(app)
-        todo, skipped, notebooks = plan(app)
-        if not todo and not skipped:
-            print(f"grader autograde: no submissions of {args.assignment} under {app.coursedir.root} "
-                  f"({app.coursedir.submitted_directory}/*/{args.assignment})", file=sys.stderr)
+        tasks, skipped, notebooks, timeout = [], [], {}, 0.0
+        for assignment in assignments:
+            _check_gradebook(app, assignment)
+            todo, passed, notebooks[assignment] = plan(app, assignment)
+            if not todo and not passed:
+                print(f"grader autograde: no submissions of {assignment} under {app.coursedir.root} "
+                      f"({app.coursedir.submitted_directory}/*/{assignment})", file=sys.stderr)
+            tasks += [(assignment, student) for student in todo]
+            skipped += [(assignment, student) for student in passed]
+            timeout = max(timeout, default_student_timeout(app, notebooks[assignment]))
+        if not tasks and not skipped:
             return 1
-        pool.shrink(min(workers, len(todo)))
-        progress.total = len(todo)
-        timeout = args.student_timeout or default_student_timeout(app, notebooks)
-        outcomes = pool.run(app, todo, timeout) if todo else []
+        pool.shrink(min(workers, len(tasks)))
+        progress.total = len(tasks)
+        outcomes = pool.run(app, tasks, args.student_timeout or timeout) if tasks else []
     except KeyboardInterrupt:
         progress.close()
         print("grader autograde: interrupted; students in progress were left ungraded (run again to resume)",
               file=sys.stderr)
         return 130
     finally:
-        pool.close(app if "app" in locals() else None)
+        pool.close(app)
     progress.close()
     wall = time.monotonic() - started
-    outcomes += [{"student": s, "status": "skipped", "score": None, "max_score": None, "seconds": 0.0,
-                  "reason": "already graded"} for s in skipped]
-    outcomes.sort(key=lambda o: o["student"])
+    outcomes += [{"assignment": a, "student": s, "status": "skipped", "score": None, "max_score": None,
+                  "seconds": 0.0, "reason": "already graded"} for a, s in skipped]
+    outcomes.sort(key=lambda o: (o["assignment"], o["student"]))
     print(table(outcomes))
-    used = min(workers, len(todo))
-    print(summary(outcomes, len(notebooks), used, wall, log_dir))
+    used = min(workers, len(tasks))
+    graded_notebooks = sum(len(notebooks[a]) for a, _ in tasks)
+    print(summary(outcomes, graded_notebooks, used, wall, log_dir))
     if args.report:
-        args.report.write_text(json.dumps({"assignment": args.assignment, "workers": used,
-                                           "wall_seconds": round(wall, 2), "notebooks": len(notebooks),
-                                           "warm": args.warm, "students": outcomes}, indent=1))
+        args.report.write_text(json.dumps({"assignments": assignments, "workers": used, "wall_seconds": round(wall, 2),
+                                           "notebooks": graded_notebooks, "warm": args.warm,
+                                           "students": outcomes}, indent=1))
     return 0 if all(o["status"] in ("graded", "skipped") for o in outcomes) else 1
 
 
-def _check_gradebook(app) -> None:
+def _check_gradebook(app, assignment: str) -> None:
     """Create the gradebook's tables once, here, rather than in N workers at once; the assignment must exist."""
     from nbgrader.api import Gradebook, MissingEntry
 
     with Gradebook(app.coursedir.db_url, app.coursedir.course_id) as gradebook:
         try:
-            gradebook.find_assignment(app.coursedir.assignment_id)
+            gradebook.find_assignment(assignment)
         except MissingEntry:
-            raise SystemExit(f"grader autograde: the gradebook has no assignment {app.coursedir.assignment_id!r}: "
-                             f"run `nbgrader generate_assignment {app.coursedir.assignment_id}` first") from None
+            raise SystemExit(f"grader autograde: the gradebook has no assignment {assignment!r}: "
+                             f"run `nbgrader generate_assignment {assignment}` first") from None

@@ -7,7 +7,7 @@ configuration lists runs and every gradebook row is written by nbgrader itself. 
 JSON line per student to the parent: the score read back from the gradebook, and a reason an
 instructor can act on when something was unusual.
 
-Protocol: the parent writes `{"student": ID}` lines to stdin; the worker answers on its original
+Protocol: the parent writes `{"assignment": ID, "student": ID}` lines to stdin; the worker answers on its original
 stdout, which it keeps for itself (everything else that prints, including kernels, goes to
 stderr, the worker's log).
 
@@ -54,8 +54,17 @@ def load_sibling(name: str):
 
 # ---------------------------------------------------------------- nbgrader, configured like the CLI
 
+def skip_unused_imports() -> None:
+    """jsonschema registers an 'iri' format checker when the optional rfc3987_syntax package imports,
+    which builds a grammar and costs 1.4 s per process. Nothing on nbgrader's autograde path
+    validates formats (neither nbformat, nbgrader, nbconvert, nbclient nor jupyter_client uses a
+    FormatChecker), so grading processes leave it out."""
+    sys.modules.setdefault("rfc3987_syntax", None)
+
+
 def nbgrader_app(nbgrader_args: list[str]):
     """nbgrader's AutogradeApp, initialised from these command-line arguments (config files included)."""
+    skip_unused_imports()
     from nbgrader.apps.autogradeapp import AutogradeApp
 
     app = AutogradeApp()
@@ -138,9 +147,11 @@ def grade(app, student: str, kernels, log_dir: Path | None) -> dict:
         if not (error and "database is locked" in text):
             break
         time.sleep(1 + attempt)  # another writer held the SQLite lock past the busy timeout: grade again
-    outcome = {"student": student, "seconds": round(time.monotonic() - started, 2)}
+    outcome = {"assignment": app.coursedir.assignment_id, "student": student,
+               "seconds": round(time.monotonic() - started, 2)}
     if log_dir is not None:
-        (log_dir / f"{student}.log").write_text(text)
+        (log_dir / app.coursedir.assignment_id).mkdir(exist_ok=True)
+        (log_dir / app.coursedir.assignment_id / f"{student}.log").write_text(text)
     if error:
         expected = [p.name for p in source_notebooks(app)]
         reason = failure_reason(text, kernels.last_kernel, expected)
@@ -341,13 +352,19 @@ def main(argv) -> None:
         raise
     if server is not None:
         preload = settings.get("preload")
-        server.preload(kernels.imported_modules(source_notebooks(app)) if preload is None else preload)
+        if preload is None:  # what the notebooks of every assignment to grade import
+            preload = []
+            for assignment in settings.get("assignments") or [app.coursedir.assignment_id]:
+                app.coursedir.assignment_id = assignment
+                preload += [m for m in kernels.imported_modules(source_notebooks(app)) if m not in preload]
+        server.preload(preload)
     log_dir = Path(settings["log_dir"]) if settings.get("log_dir") else None
     reply(event="ready", pid=os.getpid())
     try:
         for line in sys.stdin:
-            student = json.loads(line)["student"]
-            reply(event="start", student=student)
+            task = json.loads(line)
+            student = task["student"]
+            app.coursedir.assignment_id = task.get("assignment") or app.coursedir.assignment_id
             before = (server.forked, server.fallbacks) if server else (0, 0)
             outcome = grade(app, student, kernels, log_dir)
             if server is not None:

@@ -57,7 +57,7 @@ def test_parallel_grades_equal_stock_nbgrader(stock):
     outcomes = report(ours / "report.json")
     assert {s: o["status"] for s, o in outcomes.items()} == {kind: "graded" for kind in KINDS}
     assert outcomes["RRE"]["score"] == 3.0 and outcomes["WW_"]["score"] == 0.0  # the written point is manual
-    assert "8 students: 8 graded" in done.stdout
+    assert "8 submissions: 8 graded" in done.stdout
     for kind in KINDS:  # the autograded notebooks nbgrader wrote are there too
         assert (ours / "autograded" / kind / ASSIGNMENT / "toy.ipynb").is_file()
 
