@@ -1,0 +1,406 @@
+"""Checks on saving and loading: state_dicts and checkpoints.
+
+* ``check_loads_state_dict(model, state_dict, example=None)``: the model takes ``state_dict`` with
+  strict=True. On failure it names the missing and unexpected keys, pairs them up when an attribute
+  was renamed (or a wrapper added a prefix), and names shape mismatches; with ``example``, the loaded
+  model must also run.
+* ``check_checkpoint_round_trip(save, load, model, example)``: ``save(path, model, optimizer, step)`` and
+  ``load(path, model, optimizer) -> step`` carry model, optimizer and step through a file that
+  ``torch.load(path, weights_only=True)`` accepts, so that training goes on exactly as if never stopped.
+"""
+
+import contextlib
+import io
+import itertools
+import os
+import pickle
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import nn
+
+from .checks import _build, _check, _forward, _inputs, _loss, _outputs
+from .diagnose import describe_error, explain_error, type_name
+from .report import CheckFailed, fail, plural
+
+_folders = itertools.count()
+
+
+def _warm_pickle_caches() -> None:
+    """The first pickling of a Tensor or a Parameter caches `__slotnames__` on its class (copyreg). Do it once
+    here, at import, so that the grading defences, which watch torch's classes for changes, do not see it
+    happen in the middle of a graded cell."""
+    torch.save([torch.zeros(1), nn.Parameter(torch.zeros(1))], io.BytesIO())
+
+
+_warm_pickle_caches()
+
+# Prefixes that wrappers put in front of every key, and what to do about each.
+_WRAPPERS = {
+    "module.": ("nn.DataParallel or DistributedDataParallel", "model.module"),
+    "_orig_mod.": ("torch.compile", "model._orig_mod"),
+}
+
+
+# --- describing a state_dict that does not fit -------------------------------------------------
+
+def _dotted_prefixes(key: str) -> list[str]:
+    """'a.b.weight' -> ['', 'a.', 'a.b.']: every place a rename can start."""
+    parts = key.split(".")
+    return [".".join(parts[:i]) + "." if i else "" for i in range(len(parts))]
+
+
+def _rests(keys, prefix: str) -> frozenset:
+    return frozenset(k[len(prefix):] for k in keys if k.startswith(prefix))
+
+
+def renamed_prefixes(unexpected, missing) -> list[tuple[str, str, int]]:
+    """(checkpoint prefix, model prefix, keys) for each rename that explains a whole group of keys.
+
+    ``fc.weight, fc.bias`` unexpected and ``head.weight, head.bias`` missing pair up as ('fc.', 'head.', 2):
+    everything under the one prefix is exactly what is missing under the other. The largest groups
+    are taken first; each key belongs to at most one rename.
+    """
+    unexpected, missing = set(unexpected), set(missing)
+    found = []
+    while unexpected and missing:
+        best = None
+        for old in {p for k in unexpected for p in _dotted_prefixes(k)}:
+            theirs = _rests(unexpected, old)
+            for new in {p for k in missing for p in _dotted_prefixes(k)}:
+                if old == new or _rests(missing, new) != theirs:
+                    continue
+                rank = (len(theirs), -len(old) - len(new))
+                if best is None or rank > best[0]:
+                    best = (rank, old, new, theirs)
+        if best is None:
+            break
+        _, old, new, rests = best
+        unexpected -= {old + r for r in rests}
+        missing -= {new + r for r in rests}
+        found.append((old, new, len(rests)))
+    return found
+
+
+def _pattern(prefix: str) -> str:
+    return f"`{prefix}*`" if prefix else "keys without a prefix"
+
+
+def _rename_line(old: str, new: str, count: int) -> str:
+    keys = plural(count, "key")
+    if not new and old in _WRAPPERS:
+        wrapper, inner = _WRAPPERS[old]
+        return (f"the checkpoint's {keys} start with `{old}`, the model's do not: it was saved from a model wrapped "
+                f"in {wrapper}; save the inner model ({inner}.state_dict()), or strip the prefix: "
+                f"{{k.removeprefix({old!r}): v for k, v in state_dict.items()}}")
+    if not old and new in _WRAPPERS:
+        wrapper, inner = _WRAPPERS[new]
+        return (f"the model's {keys} start with `{new}`, the checkpoint's do not: the model is wrapped in "
+                f"{wrapper}; load into the inner model ({inner}.load_state_dict(...))")
+    return (f"the checkpoint has {_pattern(old)} but the model registers {_pattern(new)} ({keys}): an attribute was "
+            f"renamed; rename it back, or remap the keys before load_state_dict")
+
+
+def _loose(keys) -> str:
+    shown = ", ".join(f"`{k}`" for k in sorted(keys)[:6])
+    return shown + (f" and {len(keys) - 6} more" if len(keys) > 6 else "")
+
+
+def state_dict_mismatch(model: nn.Module, state_dict: Mapping) -> list[str]:
+    """One line per problem that stops ``model.load_state_dict(state_dict)`` (strict=True): renames, keys
+    only one side has, shape mismatches. Empty when the keys and shapes fit."""
+    mine = model.state_dict()
+    missing = [k for k in mine if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in mine]
+    lines, paired_old, paired_new = [], set(), set()
+    for old, new, count in renamed_prefixes(unexpected, missing):
+        lines.append(_rename_line(old, new, count))
+        rests = _rests(unexpected, old) & _rests(missing, new)
+        paired_old |= {old + r for r in rests}
+        paired_new |= {new + r for r in rests}
+    left_missing = [k for k in missing if k not in paired_new]
+    left_unexpected = [k for k in unexpected if k not in paired_old]
+    if left_missing:
+        lines.append(f"missing from the checkpoint: {_loose(left_missing)} (the model registers "
+                     f"{'it' if len(left_missing) == 1 else 'them'}, the checkpoint has no value for "
+                     f"{'it' if len(left_missing) == 1 else 'them'})")
+    if left_unexpected:
+        lines.append(f"unexpected in the checkpoint: {_loose(left_unexpected)} (the model has no such "
+                     f"{'parameter or buffer' if len(left_unexpected) == 1 else 'parameters or buffers'})")
+    for key, value in state_dict.items():
+        if key in mine and isinstance(value, torch.Tensor) and value.shape != mine[key].shape:
+            lines.append(f"`{key}`: the checkpoint holds shape {list(value.shape)}, the model registers "
+                         f"{list(mine[key].shape)}")
+    return lines
+
+
+def _mismatch_hint(lines: list[str]) -> str:
+    shapes = any(": the checkpoint holds shape" in line for line in lines)
+    keys = len(lines) > sum(": the checkpoint holds shape" in line for line in lines)
+    parts = []
+    if keys:
+        parts.append("load_state_dict(strict=True) needs the same names on both sides: the names come from the "
+                     "attributes in __init__ (print(list(model.state_dict())) beside the checkpoint's keys). "
+                     "strict=False would only hide the problem: the missing tensors keep their random values")
+    if shapes:
+        parts.append("a shape mismatch means the model was built with other sizes than the saved one: build it "
+                     "with the checkpoint's sizes (strict=False does not help: a shape mismatch raises anyway)")
+    return "; ".join(parts)
+
+
+def _not_a_state_dict(state_dict) -> tuple[str, str] | None:
+    """(problem, hint) when ``state_dict`` is something else: a model, a whole checkpoint, a path."""
+    if isinstance(state_dict, nn.Module):
+        return (f"got a model ({type_name(state_dict)}), not a state_dict",
+                "pass model.state_dict(): a dict from names to tensors")
+    if isinstance(state_dict, (str, os.PathLike)):
+        return ("got a path, not a state_dict", "load the file first: torch.load(path, weights_only=True)")
+    if not isinstance(state_dict, Mapping):
+        return (f"got {type(state_dict).__name__}, not a state_dict",
+                "a state_dict is a dict from names (such as 'fc.weight') to tensors: model.state_dict()")
+    nested = [k for k, v in state_dict.items() if isinstance(v, Mapping)]
+    if nested:
+        return (f"this looks like a whole checkpoint (keys {_loose(list(state_dict))}), not a model's state_dict",
+                f"pass the model's part of it, such as checkpoint[{nested[0]!r}]")
+    odd = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
+    if odd:
+        return (f"{_loose(odd)} {'is not a tensor' if len(odd) == 1 else 'are not tensors'}",
+                "a model's state_dict maps every name to a tensor: build it with model.state_dict()")
+    return None
+
+
+# --- loading a state_dict -------------------------------------------------------------------------
+
+@_check("loads state_dict")
+def check_loads_state_dict(model, state_dict, example=None, *, device):
+    """``model.load_state_dict(state_dict)`` (strict=True) succeeds; with ``example``, the loaded model runs."""
+    __tracebackhide__ = True
+    title, where = "loads state_dict", str(device)
+    m = _build(model, device, title)
+    wrong = _not_a_state_dict(state_dict)
+    if wrong:
+        fail(title, wrong[0], hint=wrong[1], devices=where)
+    label = type_name(m)
+    lines = state_dict_mismatch(m, state_dict)
+    if lines:
+        fail(title, f"{label} cannot load this state_dict with strict=True", lines, hint=_mismatch_hint(lines),
+             devices=where)
+    try:
+        m.load_state_dict(state_dict)
+    except Exception as error:  # a load_state_dict hook or an override of the student's: report any failure
+        fail(title, f"{label}.load_state_dict(state_dict) raised {describe_error(error)}", hint=explain_error(error),
+             devices=where)
+    changed = [k for k, t in m.state_dict().items() if not torch.equal(t.cpu(), state_dict[k].cpu())]
+    if changed:
+        fail(title, "after load_state_dict, some tensors differ from the state_dict", [f"`{k}`" for k in changed],
+             hint="load_state_dict copies every tensor in; a load_state_dict hook or a custom "
+                  "_load_from_state_dict changed them", devices=where)
+    count = plural(len(state_dict), "tensor")
+    if example is None:
+        return f"{label} takes all {count} with strict=True", len(state_dict)
+    m.eval()
+    with torch.no_grad():
+        out = _forward(m, _inputs(example, device), title, where)
+    values = _outputs(out)
+    if values.is_floating_point() and not torch.isfinite(values).all():
+        fail(title, "the loaded model's output holds NaN or Inf", hint="the checkpoint's values are not finite: "
+             "it was saved after training diverged", devices=where)
+    return f"{label} takes all {count} with strict=True and runs", values
+
+
+# --- a checkpoint round trip: model, optimizer and step ----------------------------------------------
+
+_SAFE_HINT = ("torch.load uses weights_only=True by default since torch 2.6: it rebuilds tensors, dicts, lists, "
+              "numbers and strings, and refuses any other class, because unpickling an object can run arbitrary "
+              "code. Save state_dicts and plain values: torch.save({'model': model.state_dict(), 'optimizer': "
+              "optimizer.state_dict(), 'step': step}, path)")
+_STATE_HINT = ("save optimizer.state_dict() in the checkpoint and restore it with "
+               "optimizer.load_state_dict(checkpoint['optimizer']) on the optimizer you were given")
+
+
+@contextlib.contextmanager
+def _scratch_folder():
+    """A new folder under the temporary directory, removed afterwards. (tempfile.TemporaryDirectory would set up
+    tempfile's random name sequence on first use, a change the grading defences' watch on `tempfile` flags.)"""
+    folder = os.path.join(tempfile.gettempdir(), f"grader-checkpoint-{os.getpid()}-{next(_folders)}")
+    shutil.rmtree(folder, ignore_errors=True)
+    os.mkdir(folder)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _default_optimizer(params):
+    return torch.optim.Adam(params, lr=0.01)
+
+
+def _train(title, where, model, optimizer, example, steps, first=0):
+    __tracebackhide__ = True
+    for step in range(first, first + steps):
+        optimizer.zero_grad()
+        inputs = tuple(x * (1 + step) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+                       for x in _inputs(example, model_device(model)))
+        _loss(_forward(model, inputs, title, where)).backward()
+        optimizer.step()
+
+
+def model_device(model: nn.Module) -> torch.device:
+    tensor = next(iter(model.parameters()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
+def _unsafe_global(error: BaseException) -> str | None:
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+    return found.group(1) if found else None
+
+
+def _describe_global(name: str, model: nn.Module, optimizer) -> str:
+    cls = f"{type(model).__module__}.{type(model).__qualname__}"
+    if name == cls or name.endswith("." + type(model).__qualname__):
+        return (f"the checkpoint holds the model object itself (class `{name}`), pickled whole, not its state_dict; "
+                "the file refers to the class by name, so loading it needs that class and runs whatever its "
+                "unpickling runs")
+    if name == f"{type(optimizer).__module__}.{type(optimizer).__qualname__}":
+        return f"the checkpoint holds the optimizer object itself (class `{name}`), not optimizer.state_dict()"
+    if name.startswith("numpy"):
+        return (f"the checkpoint holds a NumPy value (`{name}`): a step or a loss taken from NumPy; store a plain "
+                "int or float (int(step), loss.item())")
+    if name.startswith("torch.nn.") or name.startswith("torch.optim."):
+        return f"the checkpoint holds a torch object (class `{name}`), not a state_dict"
+    return f"the checkpoint holds an object of class `{name}`"
+
+
+@contextlib.contextmanager
+def _watch_torch_load(calls: list):
+    """Record the keyword arguments of every torch.load call the student's function makes."""
+    original = torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return original(*args, **kwargs)
+
+    torch.load = spy
+    try:
+        yield
+    finally:
+        torch.load = original
+
+
+def _differs(a, b) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
+                    and torch.equal(a.cpu(), b.cpu()))
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() != b.keys() or any(_differs(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) != len(b) or any(_differs(x, y) for x, y in zip(a, b))
+    return a != b
+
+
+def _optimizer_problems(saved: dict, loaded: dict, names: list[str]) -> list[str]:
+    problems = []
+    if saved["state"] and not loaded["state"]:
+        kinds = sorted({k for per in saved["state"].values() for k in per})
+        return [f"the restored optimizer has no state; the saved one holds {', '.join(f'`{k}`' for k in kinds)} for "
+                f"{plural(len(saved['state']), 'parameter')}"]
+    for index, per in saved["state"].items():
+        label = f"`{names[index]}`" if index < len(names) else f"parameter {index}"
+        other = loaded["state"].get(index)
+        if other is None:
+            problems.append(f"no optimizer state for {label}")
+            continue
+        problems += [f"optimizer state `{k}` of {label} differs" for k in per if _differs(per[k], other.get(k))]
+    for i, (a, b) in enumerate(zip(saved["param_groups"], loaded["param_groups"])):
+        problems += [f"param_groups[{i}]['{k}'] is {b.get(k)!r}, saved {a[k]!r}"
+                     for k in a if k != "params" and _differs(a[k], b.get(k))]
+    return problems
+
+
+@_check("checkpoint round trip")
+def check_checkpoint_round_trip(save: Callable, load: Callable, model, example, *, optimizer: Callable | None = None,
+                                steps: int = 2, device):
+    """``save(path, model, optimizer, step)`` writes a file that ``torch.load(path, weights_only=True)`` accepts;
+    ``load(path, model, optimizer)`` restores a fresh model and optimizer from it and returns the step; one more
+    training step then gives exactly what it gives without the round trip."""
+    __tracebackhide__ = True
+    title, where = "checkpoint round trip", str(device)
+    make_optimizer = optimizer or _default_optimizer
+    save_name, load_name = getattr(save, "__name__", "save"), getattr(load, "__name__", "load")
+    m = _build(model, device, title).train()
+    opt = make_optimizer(m.parameters())
+    _train(title, where, m, opt, example, steps)
+    with _scratch_folder() as folder:
+        path = os.path.join(folder, "checkpoint.pt")
+        try:
+            save(path, m, opt, steps)
+        except Exception as error:  # the student's function: report any failure
+            fail(title, f"{save_name}(path, model, optimizer, step={steps}) raised {describe_error(error)}",
+                 hint=explain_error(error), devices=where)
+        if not os.path.exists(path):
+            fail(title, f"{save_name}(path, model, optimizer, step) wrote no file at `path`",
+                 hint="torch.save(checkpoint, path): write to the path you are given", devices=where)
+        try:
+            checkpoint = torch.load(path, weights_only=True)
+        except pickle.UnpicklingError as error:
+            found = _unsafe_global(error)
+            problem = (_describe_global(found, m, opt) if found else
+                       f"torch.load(path, weights_only=True) refuses the file: {describe_error(error)}")
+            fail(title, f"torch.load(path, weights_only=True) refuses what {save_name} wrote", [problem],
+                 hint=_SAFE_HINT, devices=where)
+        except Exception as error:  # a file torch cannot read at all
+            fail(title, f"torch.load cannot read what {save_name} wrote: {describe_error(error)}",
+                 hint="write the checkpoint with torch.save(checkpoint, path)", devices=where)
+        fresh = _build(model, device, title).train()
+        fresh_opt = make_optimizer(fresh.parameters())
+        calls: list = []
+        try:
+            with _watch_torch_load(calls):
+                step = load(path, fresh, fresh_opt)
+        except CheckFailed:
+            raise
+        except Exception as error:  # the student's function: report any failure
+            fail(title, f"{load_name}(path, model, optimizer) raised {describe_error(error)}",
+                 hint=explain_error(error), devices=where)
+    unsafe = [c for c in calls if c.get("weights_only") is False]
+    if unsafe:
+        fail(title, f"{load_name} calls torch.load(..., weights_only=False)",
+             hint="weights_only=False unpickles anything, and a checkpoint from elsewhere can run arbitrary code "
+                  "on load; a checkpoint of state_dicts loads with the default, weights_only=True: leave it out",
+             devices=where)
+    if step is None:
+        fail(title, f"{load_name}(path, model, optimizer) returned None, not the step",
+             hint=f"save the step in the checkpoint and return it from {load_name}: return checkpoint['step']",
+             devices=where)
+    if isinstance(step, torch.Tensor) and step.numel() == 1:
+        step = step.item()
+    if not isinstance(step, (int, float)) or step != steps:
+        fail(title, f"{load_name}(...) returned {step!r}; the step saved was {steps}",
+             hint=f"save the step you are given in {save_name} and return the stored value from {load_name}",
+             devices=where)
+    mine, restored = m.state_dict(), fresh.state_dict()
+    stale = [k for k in mine if _differs(mine[k], restored.get(k))]
+    if stale:
+        fail(title, "after loading, the model's tensors are not the ones saved",
+             [f"`{k}` was not restored" for k in stale[:6]] + ([f"... and {len(stale) - 6} more"] if len(stale) > 6 else []),
+             hint="save model.state_dict() and restore it with model.load_state_dict(checkpoint['model']) on the "
+                  "model you were given (rebinding a local name to a new model does not change the caller's)",
+             devices=where)
+    names = [n for n, _ in m.named_parameters()]
+    problems = _optimizer_problems(opt.state_dict(), fresh_opt.state_dict(), names)
+    if problems:
+        fail(title, "after loading, the optimizer is not the one saved", problems, hint=_STATE_HINT, devices=where)
+    _train(title, where, m, opt, example, 1, first=steps)
+    _train(title, where, fresh, fresh_opt, example, 1, first=steps)
+    after, resumed = m.state_dict(), fresh.state_dict()
+    drift = [k for k in after if _differs(after[k], resumed[k])]
+    if drift:
+        fail(title, "one more training step after loading gives other weights than the same step without the "
+                    "round trip", [f"`{k}` differs" for k in drift[:6]],
+             hint=_STATE_HINT + "; restore everything that the step uses", devices=where)
+    kind = type(opt).__name__
+    return (f"{save_name}/{load_name} restore {plural(len(mine), 'model tensor')}, the {kind} state and step {steps} "
+            "from a weights_only=True file; training continues identically"), _outputs(list(after.values()))
