@@ -8,10 +8,12 @@ solutions and no hidden-test data: students have it installed.
 from .checks import (check_counting, check_device_transfer, check_eval_behaviour, check_gradient_flow,
                      check_learning, check_model, check_names, check_trainable_count)
 from .equivalence import check_matches_torch, check_roles, check_tensors
+from .export import check_call_pipeline, check_export_agrees
 from .hooks import (check_finds_first_nonfinite, check_grad_norms, check_keeps_output, check_no_hook_leak,
                     check_pre_hook_validates, check_records_activations)
 from .mirror import check_forgotten_init, check_mirrors_torch, check_unknown_attribute
 from .report import CheckFailed
+from .saving import check_checkpoint_round_trip, check_loads_state_dict
 from .training import (check_counter, check_optimizer, check_predict, check_same_function,
                        check_training_step)
 
@@ -23,4 +25,5 @@ __all__ = [
     "check_pre_hook_validates", "check_records_activations",
     "check_forgotten_init", "check_mirrors_torch", "check_unknown_attribute",
     "check_counter", "check_optimizer", "check_predict", "check_same_function", "check_training_step",
+    "check_call_pipeline", "check_export_agrees", "check_checkpoint_round_trip", "check_loads_state_dict",
 ]
