@@ -19,3 +19,39 @@ c.Execute.interrupt_on_timeout = True
 # say "replace that line with your code" rather than showing a bare NotImplementedError.
 c.ClearSolutions.code_stub = {"python": '# YOUR CODE HERE\nraise NotImplementedError("replace this line with your code")'}
 c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
+
+# --- Grading defences (grader/rerun.py, grader/guard.py, grader/feedback.py; docs/grading-security.md) ---
+# Student code runs before the tests, in the same kernel. The kernel runs under an audit hook from
+# before the first cell (GuardedExecute); every test cell is run again out of the kernel, on the
+# locked cells and the answer cells only, and scores only if it passes there too (RerunTests);
+# feedback shows each check's verdict, never the tests' code (HideTestCode). The modules are loaded
+# by path, so that nbgrader's own process never imports the grader package (and torch).
+import importlib.util as _importlib_util  # noqa: E402
+import sys as _sys  # noqa: E402
+
+from nbgrader.converters import Autograde as _Autograde, GenerateFeedback as _GenerateFeedback  # noqa: E402
+from nbgrader.preprocessors import Execute as _Execute, SaveAutoGrades as _SaveAutoGrades  # noqa: E402
+
+
+def _grader_module(name):
+    """grader/<name>.py as module grader_<name>, without running the package's __init__ (which imports torch)."""
+    key = f"grader_{name}"
+    if key not in _sys.modules:
+        package = _importlib_util.find_spec("grader").submodule_search_locations[0]
+        spec = _importlib_util.spec_from_file_location(key, f"{package}/{name}.py")
+        module = _importlib_util.module_from_spec(spec)
+        _sys.modules[key] = module
+        spec.loader.exec_module(module)
+    return _sys.modules[key]
+
+
+_rerun, _feedback = _grader_module("rerun"), _grader_module("feedback")
+_autograde = [_rerun.GuardedExecute if p is _Execute else p
+              for p in _Autograde.class_traits()["autograde_preprocessors"].default()]
+_autograde.insert(_autograde.index(_SaveAutoGrades), _rerun.RerunTests)
+c.Autograde.autograde_preprocessors = _autograde
+c.GenerateFeedback.preprocessors = [_feedback.HideTestCode,
+                                    *_GenerateFeedback.class_traits()["preprocessors"].default()]
+# A test cell the student deleted is put back (with its hidden part) and run, rather than keeping
+# whatever score the gradebook held for it.
+c.OverwriteCells.add_missing_cells = True
