@@ -1,0 +1,7 @@
+"""The answer cell never ends.
+
+where: answer counting_functions
+stock: 0
+"""
+while True:
+    pass

@@ -1,0 +1,168 @@
+"""The attack corpus (tests/attacks/*.py) through stock nbgrader 0.9.6 and through our pipeline.
+
+Each attack is a blank release notebook plus code where a student can put it (an answer cell, a cell
+they add), or, for the attacks that bend torch's own answers, a wrong answer plus that code. One
+`nbgrader autograde` run per configuration grades every attack as a student of the lab assignment
+(tests/grading_lab.py): "stock" is the repo's configuration with nbgrader's default preprocessors
+put back, "ours" is the repo's nbgrader_config.py. Every attack must earn what the blank earns (0)
+under ours; under stock it earns what its file says, which is the comparison table of
+docs/grading-security.md (a test keeps the two equal).
+
+The same run grades the reference (full marks in both) and a correct answer whose model makes torch
+raise a UserWarning when it is built. Inside a check the warning is captured (grader.report.quiet);
+the lab's last test builds the model outside any check, so the warning reaches the cell's stderr,
+which stock nbgrader scores as 0. Ours keeps the points of a test that passed in the kernel and in
+the re-run.
+"""
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+import pytest
+
+import grading_lab as lab
+from conftest import ASSIGNMENTS, ROOT
+
+pytestmark = pytest.mark.notebooks
+slow = pytest.mark.slow
+
+ATTACKS_DIR = Path(__file__).parent / "attacks"
+DOC = ROOT / "docs" / "grading-security.md"
+TABLE_START, TABLE_END = "<!-- attack table: start -->", "<!-- attack table: end -->"
+
+WARNS = '''
+        nn.init.kaiming_uniform(self.fc1.weight)  # deprecated spelling: torch raises a UserWarning
+'''
+
+
+@dataclass
+class Attack:
+    name: str
+    title: str
+    where: str
+    stock: float
+    code: str
+
+
+def load(path: Path) -> Attack:
+    text = path.read_text()
+    header = re.match(r'"""(.*?)"""', text, re.S).group(1)
+    fields = dict(re.findall(r"^(\w+): (.+)$", header, re.M))
+    title = " ".join(header.split("\n\n")[0].split())
+    return Attack(path.stem, title, fields["where"], float(fields["stock"]), text)
+
+
+ATTACKS = [load(p) for p in sorted(ATTACKS_DIR.glob("*.py"))]
+
+
+def warning_answers(answers: dict[str, str]) -> dict[str, str]:
+    """The reference, with a line in SuperNet.__init__ that makes torch raise a UserWarning."""
+    super_answer = answers["super_answer"]
+    warns = super_answer.replace("        ### END SOLUTION", WARNS.rstrip("\n") + "\n        ### END SOLUTION", 1)
+    assert warns != super_answer
+    return {**answers, "super_answer": warns}
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    """{"stock": {student: (score, flagged)}, "ours": {...}}, and seconds per configuration."""
+    root = tmp_path_factory.mktemp("attacks")
+    courses = {config: lab.make_lab_course(root / config, config) for config in ("stock", "ours")}
+    answers = lab.reference_answers()
+    for course in courses.values():
+        lab.submit(course, "blank", lab.release(course))
+        lab.submit(course, "reference", lab.with_attack(course, "nowhere", "", answers))
+        lab.submit(course, "reference_warns", lab.with_attack(course, "nowhere", "", warning_answers(answers)))
+        for attack in ATTACKS:
+            lab.submit(course, attack.name, lab.with_attack(course, attack.where, attack.code))
+    seconds = lab.autograde_all(list(courses.values()))
+    time.sleep(5)  # the detached process of 17_daemon writes 3 s after its kernel is gone
+    results = {config: lab.scores(course) for config, course in courses.items()}
+    results["seconds"] = {config: seconds[course] for config, course in courses.items()}
+    results["logs"] = {config: (course / "autograde.log").read_text() for config, course in courses.items()}
+    return results
+
+
+def test_the_corpus_is_varied():
+    assert len(ATTACKS) >= 20
+    assert {a.where.split()[0] for a in ATTACKS} == {"added", "answer", "replace"}
+    assert sum(a.stock > 0 for a in ATTACKS) >= 10, "most attacks should beat stock nbgrader, or they prove little"
+
+
+@slow
+def test_reference_full_marks_and_blank_zero_in_both(graded):
+    for config in ("stock", "ours"):
+        assert graded[config]["reference"] == (lab.MAX_SCORE, False), config
+        assert graded[config]["blank"][0] == 0, config
+
+
+@slow
+@pytest.mark.parametrize("attack", ATTACKS, ids=lambda a: a.name)
+def test_attack_earns_what_the_blank_earns(graded, attack):
+    assert graded["ours"][attack.name][0] == graded["ours"]["blank"][0] == 0, graded["logs"]["ours"][-4000:]
+
+
+@slow
+@pytest.mark.parametrize("attack", ATTACKS, ids=lambda a: a.name)
+def test_stock_nbgrader_gives_what_the_table_says(graded, attack):
+    assert graded["stock"][attack.name][0] == attack.stock
+
+
+@slow
+def test_attacks_that_beat_stock_are_flagged_by_ours(graded):
+    """Where stock nbgrader gave points, ours scored 0 *and* flagged the notebook for the instructor."""
+    unflagged = [a.name for a in ATTACKS if a.stock > 0 and not graded["ours"][a.name][1]]
+    assert not unflagged
+
+
+@slow
+def test_torch_warnings_never_zero_a_correct_answer(graded):
+    assert graded["ours"]["reference_warns"] == (lab.MAX_SCORE, False)
+    # stock nbgrader scores the direct-call test (1 point), whose stderr got the warning, as 0
+    assert graded["stock"]["reference_warns"][0] == lab.MAX_SCORE - 1
+
+
+def markdown_table() -> str:
+    rows = ["| Attack | Where | Stock nbgrader 0.9.6 | Ours |", "| --- | --- | --- | --- |"]
+    for attack in ATTACKS:
+        stock = f"{attack.stock:g} / {lab.MAX_SCORE:g}" + (" (full marks)" if attack.stock == lab.MAX_SCORE else "")
+        rows.append(f"| `{attack.name}`: {attack.title} | {attack.where} | {stock} | 0 / {lab.MAX_SCORE:g} |")
+    return "\n".join(rows)
+
+
+def test_the_documented_table_is_the_corpus():
+    text = DOC.read_text()
+    table = text.split(TABLE_START, 1)[1].split(TABLE_END, 1)[0].strip()
+    assert table == markdown_table(), f"regenerate the table in {DOC.name}:\n{markdown_table()}"
+
+
+# ---------------------------------------------------------------- every assignment, through the re-run alone (fast)
+
+@pytest.fixture(scope="module")
+def rerunner():
+    from grader.rerun import Rerunner
+
+    return Rerunner(cell_timeout=120)
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_reference_passes_the_rerun_with_every_defence_on(rerunner, assignment, tmp_path):
+    from grader.rerun import source_program
+
+    for path in sorted((ROOT / "solutions" / assignment).glob("*.ipynb")):
+        outcomes = rerunner.run(source_program(nbformat.read(path, as_version=4)), tmp_path, course_root=str(ROOT))
+        failed = [f"{o.grade_id}: {o.status} {o.error} {o.message[:300]}" for o in outcomes if o.status != "ok"]
+        assert not failed, f"{path.name}: " + "\n".join(failed)
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_blank_release_fails_every_test_of_the_rerun(rerunner, assignment, tmp_path):
+    from grader.rerun import source_program
+
+    for path in sorted((ROOT / "exercises" / assignment).glob("*.ipynb")):
+        outcomes = rerunner.run(source_program(nbformat.read(path, as_version=4)), tmp_path, course_root=str(ROOT))
+        passed = [o.grade_id for o in outcomes if o.kind == "test" and o.passed]
+        assert not passed and any(o.kind == "test" for o in outcomes), f"{path.name}: the blank passes {passed}"

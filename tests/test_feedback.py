@@ -1,0 +1,135 @@
+"""Feedback a student can act on: `nbgrader generate_feedback` on a partly wrong submission, read back.
+
+The lab (tests/grading_lab.py) is graded with the repo's configuration for a student whose
+linear_params forgets the bias and whose SuperNet forgets super().__init__(). In the rendered HTML,
+every failed test shows what it checks (its docstring), what failed and why (the check's diagnosis,
+or the error in words), and a hint; no test shows its code, and no line of a hidden test appears.
+Stock nbgrader's feedback for the same submission is the control: it shows the hidden tests
+(nbgrader issue #917).
+"""
+
+import html
+import re
+from html.parser import HTMLParser
+
+import nbformat
+import pytest
+
+import grading_lab as lab
+from grader.feedback import HIDDEN_NOTE
+
+pytestmark = pytest.mark.notebooks
+
+FAILED = {  # test cell -> fragments its feedback must show (what failed, why, the hint)
+    "test_linear_params": ["✗ counting trainable parameters", "linear_params(20, 64) returned 1280",
+                           "has 1,344 trainable parameters", "Hint: count each tensor's elements"],
+    "test_super_net": ["✗ trainable parameters", "cannot assign module before Module.__init__() call", "Hint:",
+                       "super().__init__()"],
+    "test_super_net_direct": ["✗ your model could not be built",
+                              "AttributeError: cannot assign module before Module.__init__() call",
+                              "Hint: your __init__ must call super().__init__() before it assigns layers"],
+}
+
+
+class _Text(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.parts: list[str] = []
+
+    def handle_data(self, data):
+        self.parts.append(data)
+
+
+def text_of(page: str) -> str:
+    parser = _Text()
+    parser.feed(page)
+    return html.unescape("".join(parser.parts))
+
+
+def docstrings() -> dict[str, str]:
+    """test cell id -> the first line of its docstring, from the lab's source."""
+    found = {}
+    for cell in lab.lab_source().cells:
+        grade_id = cell.metadata.get("nbgrader", {}).get("grade_id", "")
+        if grade_id.startswith("test_"):
+            found[grade_id] = re.match(r'"""(.*?)(?:"""|\n)', cell.source).group(1).strip()
+    return found
+
+
+def hidden_lines(notebook) -> list[str]:
+    """Non-blank lines between BEGIN and END HIDDEN TESTS, stripped."""
+    found = []
+    for cell in notebook.cells:
+        inside = False
+        for line in cell.source.splitlines():
+            if "BEGIN HIDDEN TESTS" in line:
+                inside = True
+            elif "END HIDDEN TESTS" in line:
+                inside = False
+            elif inside and line.strip():
+                found.append(line.strip())
+    return found
+
+
+@pytest.fixture(scope="module")
+def pages():
+    """config -> the partly wrong student's feedback page (HTML)."""
+    return {config: lab.feedback_html(course, "partly_wrong") for config, course in lab.feedback_courses().items()}
+
+
+@pytest.fixture(scope="module")
+def feedback(pages):
+    return {config: text_of(page) for config, page in pages.items()}
+
+
+def rendered_tests(page: str) -> dict[str, str]:
+    """test cell id -> the text of that cell as rendered (nbgrader's template anchors grade cells by id)."""
+    found = {}
+    for chunk in page.split('<div class="cell border-box-sizing')[1:]:
+        anchor = re.search(r'<a name="(test_[^"]+)"></a>', chunk)
+        if anchor:
+            found[anchor.group(1)] = text_of(chunk)
+    return found
+
+
+def test_every_failed_check_says_what_why_and_a_hint(pages):
+    found = rendered_tests(pages["ours"])
+    assert set(found) == set(docstrings())
+    for grade_id, doc in docstrings().items():
+        assert doc in found[grade_id], f"{grade_id} shows what it checks"
+    for grade_id, fragments in FAILED.items():
+        missing = [f for f in fragments if f not in found[grade_id]]
+        assert not missing, f"{grade_id}: feedback lacks {missing}:\n{found[grade_id]}"
+
+
+def test_tests_show_their_verdicts_not_their_code(pages):
+    for grade_id, text in rendered_tests(pages["ours"]).items():
+        assert HIDDEN_NOTE.lstrip("# ") in text, grade_id
+        assert "check_" not in text.split(HIDDEN_NOTE.lstrip("# "))[0], f"{grade_id} shows test code:\n{text}"
+        assert "Traceback" not in text and "---->" not in text, f"{grade_id} shows a traceback:\n{text}"
+
+
+def test_no_hidden_test_line_reaches_the_feedback(feedback):
+    hidden = hidden_lines(lab.lab_source())
+    assert hidden, "the lab has hidden tests"
+    for config in ("ours",):
+        leaked = [line for line in hidden if line in feedback[config]]
+        assert not leaked, f"hidden test code in {config} feedback: {leaked}"
+    # the control: stock nbgrader renders the hidden tests into the feedback (nbgrader issue #917)
+    assert any(line in feedback["stock"] for line in hidden)
+
+
+def test_reference_feedback_shows_only_passing_verdicts():
+    found = rendered_tests(lab.feedback_html(lab.feedback_courses()["ours"], "reference"))
+    for grade_id, text in found.items():
+        assert "✗" not in text and "✓" in text, f"{grade_id}:\n{text}"
+
+
+def test_feedback_scores_match_the_gradebook():
+    courses = lab.feedback_courses()
+    scores = lab.scores(courses["ours"])
+    assert scores["reference"] == (lab.MAX_SCORE, False)
+    assert scores["partly_wrong"] == (0.0, False)
+    graded = nbformat.read(courses["ours"] / "autograded" / "partly_wrong" / lab.ASSIGNMENT / f"{lab.NOTEBOOK}.ipynb",
+                           as_version=4)
+    assert graded.cells, "the autograded notebook exists"
