@@ -13,11 +13,11 @@ ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 # Units whose nbgrader source exists under solutions/
 ASSIGNMENTS := $(notdir $(wildcard solutions/[0-9][0-9]_*))
 
-.PHONY: help lab test test-fast test-cuda exercises validate autograde feedback clean
+.PHONY: help lab test test-fast test-browser test-cuda exercises validate autograde autograde-parallel feedback benchmark clean
 .DEFAULT_GOAL := help
 
 help: ## list the targets
-	@grep -E '^[a-z.-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+	@grep -E '^[a-z.-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-19s %s\n", $$1, $$2}'
 
 $(VENV): pyproject.toml ## create the virtual environment (only set-up)
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,10 @@ test: $(VENV) ## run everything CI runs
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: $(VENV) ## grader unit tests only, no notebooks
-	$(BIN)/python -m pytest -m "not notebooks" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not notebooks and not slow" $(PYTEST_ARGS)
+
+test-browser: $(VENV) ## only the browser tests (JupyterLab in headless Chromium; make test runs them too)
+	$(BIN)/python -m pytest -m browser $(PYTEST_ARGS)
 
 test-cuda: $(VENV) ## device-matrix tests and solution notebooks on cpu and cuda (needs a GPU)
 	GRADER_DEVICES=cpu,cuda $(BIN)/python -m pytest -m "device or notebooks" $(PYTEST_ARGS)
@@ -49,6 +52,13 @@ validate: $(VENV) ## nbgrader validate: solutions must pass, exercises must fail
 autograde: $(VENV) ## autograde every submission of ASSIGNMENT (stock nbgrader)
 	@test -n "$(ASSIGNMENT)" || { echo "usage: make autograde ASSIGNMENT=01_registration"; exit 2; }
 	$(BIN)/nbgrader autograde "$(ASSIGNMENT)"
+
+autograde-parallel: $(VENV) ## autograde every submission of ASSIGNMENT in parallel (python -m grader autograde)
+	@test -n "$(ASSIGNMENT)" || { echo "usage: make autograde-parallel ASSIGNMENT=01_registration [WORKERS=4]"; exit 2; }
+	$(BIN)/python -m grader autograde "$(ASSIGNMENT)" $(if $(WORKERS),--workers $(WORKERS))
+
+benchmark: $(VENV) ## stock nbgrader autograde against the parallel one, on the same synthetic students
+	$(BIN)/python benchmarks/autograde.py $(BENCH_ARGS)
 
 feedback: $(VENV) ## generate feedback for every graded submission of ASSIGNMENT
 	@test -n "$(ASSIGNMENT)" || { echo "usage: make feedback ASSIGNMENT=01_registration"; exit 2; }
