@@ -26,83 +26,9 @@ from torch.nn.modules import module as torch_module
 
 from .checks import SEED, _build, _check, _inputs, _loss, _outputs
 from .diagnose import describe_error, explain_error, type_name
-from .report import CheckFailed, fail, plural
+from .report import fail, plural
 
 PARTS = ("forward", "kwargs", "always_call", "backward")
-
-
-def warm_up() -> None:
-    """Run torch's one-time set-up for torch.cond and torch.compile now, at import.
-
-    The first function that dynamo compiles (torch.cond compiles its branches even in eager mode) patches torch:
-    it wraps the optimizers' `_init_group` and fused kernels, `torch.fx` tracing and `torch.jit.trace`, and
-    `nn.Module.__init__`/`__setstate__` (`TorchPatcher.patch`, `install_generation_tagging_init`). The grading
-    defences compare torch's namespaces with a copy taken after `import grader`, and would read these patches,
-    made in the middle of a graded cell, as tampering. Both functions are idempotent, so torch's own later call
-    changes nothing. Most notebooks pay the import of torch._dynamo anyway: the first optimizer step imports it.
-    """
-    import torch._dynamo  # noqa: F401
-    from torch._dynamo.eval_frame import TorchPatcher
-    from torch._dynamo.mutation_guard import install_generation_tagging_init
-
-    TorchPatcher.patch()
-    install_generation_tagging_init()
-
-
-warm_up()
-
-
-@contextlib.contextmanager
-def _no_cache_traces():
-    """Take back the `__slotnames__` caches that torch.export leaves on torch's classes.
-
-    Export copies objects of many torch classes, and the first copy of each caches `__slotnames__` on its class
-    (copyreg). The grading defences watch torch's classes, and a new class attribute looks like patching; the
-    cache holds nothing that copyreg cannot compute again, so the classes go back to how they were.
-    """
-    before = {id(cls) for cls in _torch_classes() if "__slotnames__" in vars(cls)}
-    try:
-        yield
-    finally:
-        for cls in _torch_classes():
-            if id(cls) not in before and "__slotnames__" in vars(cls):
-                with contextlib.suppress(AttributeError, TypeError):
-                    delattr(cls, "__slotnames__")
-
-
-@contextlib.contextmanager
-def _frames_may_be_refused():
-    """Let torch read "no frame" where a frame is refused, as the standard library does.
-
-    torch.export asks for the current stack frame (inspect.currentframe) to name the user's line in its messages.
-    The grading defences refuse frames while a student's code is on the stack, with a ValueError that torch does
-    not expect. Here a refused frame becomes None, which torch handles; where nothing refuses (a plain kernel),
-    nothing changes.
-    """
-    original = inspect.currentframe
-
-    def currentframe():
-        try:
-            return sys._getframe(1)
-        except ValueError:
-            return None
-
-    inspect.currentframe = currentframe
-    try:
-        yield
-    finally:
-        inspect.currentframe = original
-
-
-def _torch_classes() -> list[type]:
-    found = {}
-    for name, module in list(sys.modules.items()):
-        if module is None or not (name == "torch" or name.startswith("torch.")):
-            continue
-        for value in list(getattr(module, "__dict__", {}).values()):
-            if issubclass(type(value), type):  # not isinstance: some torch objects warn when asked for __class__
-                found[id(value)] = value
-    return list(found.values())
 # The exported graph runs the same kernels as eager, sometimes in another order.
 EXPORT_AGREEMENT = {"rtol": 1e-5, "atol": 1e-6}
 
@@ -314,6 +240,12 @@ def _always_call_scenario() -> _Scenario:
             trace.append(_Event("forward hook", "post_always", {"args": _copy(args), "output": _copy(output)}))
         return probe.register_forward_hook(_named(hook, "post_always"), always_call=True)
 
+    def post_always_kwargs(probe, trace):
+        def hook(module, args, kwargs, output):
+            trace.append(_Event("forward hook", "post_always_kwargs",
+                                {"args": _copy(args), "kwargs": dict(kwargs), "output": _copy(output)}))
+        return probe.register_forward_hook(_named(hook, "post_always_kwargs"), always_call=True, with_kwargs=True)
+
     def glob_always(probe, trace):
         def hook(module, args, output):
             trace.append(_Event("global forward hook", "global_always", {"args": _copy(args), "output": _copy(output)}))
@@ -321,11 +253,13 @@ def _always_call_scenario() -> _Scenario:
 
     return _Scenario("always_call", [
         ("pre-hook", "pre_look", pre_look), ("forward hook", "post_plain", post_plain),
-        ("forward hook", "post_always", post_always), ("global forward hook", "global_always", glob_always),
+        ("forward hook", "post_always", post_always), ("forward hook", "post_always_kwargs", post_always_kwargs),
+        ("global forward hook", "global_always", glob_always),
     ], explode=True, does={
         "pre_look": "returns None",
         "post_plain": "an ordinary forward hook",
         "post_always": "registered with always_call=True",
+        "post_always_kwargs": "registered with always_call=True and with_kwargs=True",
         "global_always": "register_module_forward_hook(..., always_call=True)",
     })
 
@@ -426,17 +360,21 @@ _ORDER_HINTS = {
     "pre-hook": "run every hook in module._forward_pre_hooks, in the dict's order (prepend=True puts a hook first in "
                 "the dict), after the global ones and before forward",
     "forward": "call module.forward(*args, **kwargs) once, after every pre-hook",
-    "global forward hook": "after forward, run the global forward hooks (torch.nn.modules.module._global_forward_hooks) "
-                           "first, then the module's own (module._forward_hooks)",
-    "forward hook": "after forward, run every hook in module._forward_hooks, in the dict's order, after the global ones",
+    "global forward hook": "after forward, run the global forward hooks "
+                           "(torch.nn.modules.module._global_forward_hooks) first, then the module's own "
+                           "(module._forward_hooks)",
+    "forward hook": "after forward, run every hook in module._forward_hooks, in the dict's order, after the global "
+                    "ones",
 }
-_BACKWARD_HINT = ("backward hooks are wired during the call: after the pre-hooks, full, _ = module._get_backward_hooks() "
-                  "and pre = module._get_backward_pre_hooks(); if either is non-empty, bw = "
+_BACKWARD_HINT = ("backward hooks are wired during the call: after the pre-hooks, "
+                  "full, _ = module._get_backward_hooks() and pre = module._get_backward_pre_hooks(); if either is "
+                  "non-empty, bw = "
                   "torch.utils.hooks.BackwardHook(module, full, pre) and args = bw.setup_input_hook(args); after the "
                   "forward hooks, result = bw.setup_output_hook(result)")
 _ALWAYS_HINT = ("when forward raises, run the forward hooks registered with always_call=True (their ids are keys of "
                 "torch.nn.modules.module._global_forward_hooks_always_called and module._forward_hooks_always_called; "
-                "global ones first) that have not run yet, with output=None, then re-raise the error (`raise`)")
+                "global ones first) that have not run yet, with output=None (a module hook registered "
+                "with_kwargs=True as hook(module, args, kwargs, None)), then re-raise the error (`raise`)")
 
 
 def _hint_for(kind: str, scenario: _Scenario) -> str:
@@ -474,29 +412,31 @@ def _compare_order(title, where, name, scenario, theirs: _Run, yours: _Run):
         fail(title, problem, details, hint=_hint_for(missing[0], scenario), devices=where)
     if i == len(want):  # yours ran more
         extra = got[i]
-        fail(title, f"{name} ran {labels[extra]} after {labels[want[-1]] if want else 'the call'}, which torch does not",
-             details, hint=_hint_for(extra[0], scenario), devices=where)
+        after = labels[want[-1]] if want else "the call"
+        fail(title, f"{name} ran {labels[extra]} after {after}, which torch does not", details,
+             hint=_hint_for(extra[0], scenario), devices=where)
     expected, ran = want[i], got[i]
     if ran not in want:
         fail(title, f"{name} ran {labels[ran]}, which torch does not run here ({labels[expected]} comes next)",
              details, hint=_hint_for(ran[0], scenario), devices=where)
     if expected not in got and not ended:  # a call that went to its end without it
-        fail(title, f"{name} never ran {labels[expected]}", details, hint=_hint_for(expected[0], scenario), devices=where)
+        fail(title, f"{name} never ran {labels[expected]}", details, hint=_hint_for(expected[0], scenario),
+             devices=where)
     fail(title, f"{name} ran {labels[ran]} before {labels[expected]}", details,
          hint=_hint_for(expected[0], scenario), devices=where)
 
 
 _VALUE_HINTS = {
-    "args": ("a pre-hook that returns something replaces args for everything after it: a tuple as is, any other value "
-             "wrapped as (value,); forward and the forward hooks get those final args"),
+    "args": ("a pre-hook that returns something replaces args for everything after it: a tuple as is, any other "
+             "value wrapped as (value,); forward and the forward hooks get those final args"),
     "kwargs": ("a pre-hook registered with_kwargs=True is called as hook(module, args, kwargs) and may return a new "
                "(args, kwargs) pair; forward and the with_kwargs forward hooks get the final kwargs"),
     "output": ("a forward hook that returns something replaces the output, for the hooks after it and for the caller; "
                "when forward raised, always_call hooks get output=None"),
     "grad_output": ("grad_output is the gradient of the output the caller gets: wrap the output with "
                     "bw.setup_output_hook(result) after the forward hooks have run, not before"),
-    "grad_input": ("grad_input is the gradient of the args forward gets: wrap them with bw.setup_input_hook(args) after "
-                   "the pre-hooks have run, just before forward"),
+    "grad_input": ("grad_input is the gradient of the args forward gets: wrap them with bw.setup_input_hook(args) "
+                   "after the pre-hooks have run, just before forward"),
 }
 
 
@@ -610,7 +550,81 @@ def check_call_pipeline(fn: Callable, model, example, *, parts=PARTS, device):
             f"gradients"), fingerprint
 
 
-# --- torch.export: a dynamic batch, compared with eager ------------------------------------------------
+# --- torch.export inside a graded notebook: no stderr, and nothing the grading defences read as tampering ---
+
+def warm_up() -> None:
+    """Run torch's one-time set-up for torch.cond and torch.compile now, at import.
+
+    The first function that dynamo compiles (torch.cond does, even in eager mode, for a tensor predicate) patches torch:
+    it wraps the optimizers' `_init_group` and fused kernels, `torch.fx` tracing and `torch.jit.trace`, and
+    `nn.Module.__init__`/`__setstate__` (`TorchPatcher.patch`, `install_generation_tagging_init`). The grading
+    defences compare torch's namespaces with a copy taken after `import grader`, and would read these patches,
+    made in the middle of a graded cell, as tampering. Both functions are idempotent, so torch's own later call
+    changes nothing. Most notebooks pay the import of torch._dynamo anyway: the first optimizer step imports it.
+    """
+    import torch._dynamo  # noqa: F401
+    from torch._dynamo.eval_frame import TorchPatcher
+    from torch._dynamo.mutation_guard import install_generation_tagging_init
+
+    TorchPatcher.patch()
+    install_generation_tagging_init()
+
+
+warm_up()
+
+
+@contextlib.contextmanager
+def _no_cache_traces():
+    """Take back the `__slotnames__` caches that torch.export leaves on torch's classes.
+
+    Export copies objects of many torch classes, and the first copy of each caches `__slotnames__` on its class
+    (copyreg). The grading defences watch torch's classes, and a new class attribute looks like patching; the
+    cache holds nothing that copyreg cannot compute again, so the classes go back to how they were.
+    """
+    before = {id(cls) for cls in _torch_classes() if "__slotnames__" in vars(cls)}
+    try:
+        yield
+    finally:
+        for cls in _torch_classes():
+            if id(cls) not in before and "__slotnames__" in vars(cls):
+                with contextlib.suppress(AttributeError, TypeError):
+                    delattr(cls, "__slotnames__")
+
+
+@contextlib.contextmanager
+def _frames_may_be_refused():
+    """Let torch read "no frame" where a frame is refused, as the standard library does.
+
+    torch.export asks for the current stack frame (inspect.currentframe) to name the user's line in its messages.
+    The grading defences refuse frames while a student's code is on the stack, with a ValueError that torch does
+    not expect. Here a refused frame becomes None, which torch handles; where nothing refuses (a plain kernel),
+    nothing changes.
+    """
+    original = inspect.currentframe
+
+    def currentframe():
+        try:
+            return sys._getframe(1)
+        except ValueError:
+            return None
+
+    inspect.currentframe = currentframe
+    try:
+        yield
+    finally:
+        inspect.currentframe = original
+
+
+def _torch_classes() -> list[type]:
+    found = {}
+    for name, module in list(sys.modules.items()):
+        if module is None or not (name == "torch" or name.startswith("torch.")):
+            continue
+        for value in list(getattr(module, "__dict__", {}).values()):
+            if issubclass(type(value), type):  # not isinstance: some torch objects warn when asked for __class__
+                found[id(value)] = value
+    return list(found.values())
+
 
 @contextlib.contextmanager
 def _silent_logs():
@@ -624,12 +638,14 @@ def _silent_logs():
         logging.disable(previous)
 
 
+# --- torch.export: a dynamic batch, compared with eager ------------------------------------------------
+
 _COND_HINT = ("Write the branch with torch.cond(pred, true_fn, false_fn, (h,)): export keeps both branches and picks "
               "one at run time. Use a size as the predicate (x.shape[0] > 1, not len(x), which is a plain int), and "
               "let each branch return a new tensor (h.clone(), not h itself)")
 
 
-def explain_export_error(error: BaseException, batch: int) -> tuple[str, str]:
+def explain_export_error(error: BaseException) -> tuple[str, str]:
     """(problem, hint) for an exception from torch.export.export, in the student's terms."""
     text = str(error)
     first = describe_error(error)
@@ -692,7 +708,7 @@ def _export_agrees(model, example, batch_sizes, device):
         with _silent_logs():
             program = torch.export.export(m, inputs, dynamic_shapes=({0: torch.export.Dim("batch")},))
     except Exception as error:  # the student's forward, traced: report any failure
-        problem, hint = explain_export_error(error, shape[0])
+        problem, hint = explain_export_error(error)
         fail(title, problem, hint=hint, devices=where)
     exported = program.module()
     wrong, refused, outputs = [], [], []

@@ -385,7 +385,7 @@ def check_checkpoint_round_trip(save: Callable, load: Callable, model, example, 
     stale = [k for k in mine if _differs(mine[k], restored.get(k))]
     if stale:
         fail(title, "after loading, the model's tensors are not the ones saved",
-             [f"`{k}` was not restored" for k in stale[:6]] + ([f"... and {len(stale) - 6} more"] if len(stale) > 6 else []),
+             [f"`{k}` was not restored" for k in stale[:6]] + [f"... and {len(stale) - 6} more"] * (len(stale) > 6),
              hint="save model.state_dict() and restore it with model.load_state_dict(checkpoint['model']) on the "
                   "model you were given (rebinding a local name to a new model does not change the caller's)",
              devices=where)

@@ -72,7 +72,8 @@ def test_reference_pipeline_passes_every_part_and_leaves_no_hook(nb, capsys):
     before = global_hooks()
     check_call_pipeline(nb["call_module"], MLP, EXAMPLE)
     out, err = capsys.readouterr()
-    assert "✓ call pipeline: call_module matches module(...) with 21 hooks (forward, kwargs, always_call, backward)" in out
+    assert ("✓ call pipeline: call_module matches module(...) with 22 hooks (forward, kwargs, always_call, backward)"
+            in out)
     assert err == "" and global_hooks() == before
 
 
@@ -80,7 +81,8 @@ WRONG_PIPELINES = {
     "forward hooks before forward": (
         [("        result = module.forward(*args, **kwargs)\n", ""),
          ("        if bw:\n            result = bw.setup_output_hook(result)",
-          "        result = module.forward(*args, **kwargs)\n        if bw:\n            result = bw.setup_output_hook(result)")],
+          "        result = module.forward(*args, **kwargs)\n"
+          "        if bw:\n            result = bw.setup_output_hook(result)")],
         ("forward",), ["call_module ran global forward hook `global_post` before forward()",
                        "torch: global pre-hook `global_pre` → pre-hook `pre_first`",
                        "then raised TypeError: unsupported operand", "call module.forward(*args, **kwargs) once, "
@@ -125,11 +127,20 @@ WRONG_PIPELINES = {
     "every forward hook run after an error": (
         [("            if hook_id in always and hook_id not in ran:", "            if hook_id not in ran:")],
         ("always_call",), ["call_module ran forward hook `post_plain`, which torch does not run here"]),
+    "always_call hooks called without kwargs": (
+        [("                    if hook_id in module._forward_hooks_with_kwargs:\n"
+          "                        new = hook(module, args, kwargs, result)\n"
+          "                    else:\n"
+          "                        new = hook(module, args, result)",
+          "                    new = hook(module, args, result)")],
+        ("always_call",), ["call_module never ran forward hook `post_always_kwargs`",
+                           "as hook(module, args, kwargs, None)"]),
     "the error swallowed": (
         [("        raise\n", "        return result\n")],
         ("always_call",), ["forward raised an error, but call_module returned normally", "re-raise"]),
     "no backward wiring": (
-        [("        bw = BackwardHook(module, full, backward_pre) if (full or backward_pre) else None", "        bw = None")],
+        [("        bw = BackwardHook(module, full, backward_pre) if (full or backward_pre) else None",
+          "        bw = None")],
         ("backward",), ["call_module never ran global backward pre-hook `global_backward_pre`",
                         "torch.utils.hooks.BackwardHook(module, full, pre)"]),
     "output wrapped before the forward hooks": (
@@ -212,7 +223,8 @@ def test_whole_model_pickle_is_refused_by_weights_only_and_the_demo_shows_it(nb)
     demo = printed_by(nb, "checkpoint_demo")
     assert "UnpicklingError: Weights only load failed." in demo
     assert "Unsupported global: GLOBAL torch.nn.modules.container.Sequential was not an allowed global" in demo
-    assert "✗ checkpoint round trip [cpu]: torch.load(path, weights_only=True) refuses what save_whole_model wrote" in demo
+    assert ("✗ checkpoint round trip [cpu]: torch.load(path, weights_only=True) refuses what save_whole_model wrote"
+            in demo)
     assert "the checkpoint holds the model object itself" in demo and "since torch 2.6" in demo
 
 
