@@ -184,16 +184,17 @@ def check_loads_state_dict(model, state_dict, example=None, *, device):
     if wrong:
         fail(title, wrong[0], hint=wrong[1], devices=where)
     label = type_name(m)
-    lines = state_dict_mismatch(m, state_dict)
-    if lines:
-        fail(title, f"{label} cannot load this state_dict with strict=True", lines, hint=_mismatch_hint(lines),
-             devices=where)
+    lines = state_dict_mismatch(m, state_dict)  # read before loading: a failed load may have copied a part
     try:
-        m.load_state_dict(state_dict)
-    except Exception as error:  # a load_state_dict hook or an override of the student's: report any failure
+        m.load_state_dict(state_dict)  # torch decides; a module's own loading code may accept more than the keys
+    except Exception as error:  # torch's refusal, or a load_state_dict hook of the student's: report any failure
+        if lines:
+            fail(title, f"{label} cannot load this state_dict with strict=True", lines, hint=_mismatch_hint(lines),
+                 devices=where)
         fail(title, f"{label}.load_state_dict(state_dict) raised {describe_error(error)}", hint=explain_error(error),
              devices=where)
-    changed = [k for k, t in m.state_dict().items() if not torch.equal(t.cpu(), state_dict[k].cpu())]
+    changed = [k for k, t in m.state_dict().items()
+               if k in state_dict and not torch.equal(t.cpu(), state_dict[k].cpu())]
     if changed:
         fail(title, "after load_state_dict, some tensors differ from the state_dict", [f"`{k}`" for k in changed],
              hint="load_state_dict copies every tensor in; a load_state_dict hook or a custom "

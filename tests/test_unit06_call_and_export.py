@@ -455,3 +455,11 @@ def test_a_static_guard_is_reported_as_refused_batch_sizes(nb):
 def test_export_check_needs_an_example_batch_of_two():
     with pytest.raises(ValueError, match="at least 2"):
         check_export_agrees(lambda: nn.Linear(2, 2), (1, 2), (1, 2))
+
+
+def test_what_torch_accepts_is_accepted(capsys):
+    """An old BatchNorm checkpoint without `num_batches_tracked` loads with strict=True: BatchNorm's own loading code
+    fills it in. The check lets torch decide, and names keys only when torch refuses."""
+    saved = {k: v for k, v in Net().state_dict().items() if k != "body.1.num_batches_tracked"}
+    check_loads_state_dict(Net, saved, example=(6, 3))
+    assert "✓ loads state_dict: Net takes all 8 tensors with strict=True and runs" in capsys.readouterr().out
