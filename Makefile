@@ -31,7 +31,7 @@ lab: $(VENV) ## open JupyterLab on the course, with nbgrader's extensions (honou
 	$(BIN)/jupyter lab --ServerApp.root_dir="$(CURDIR)" --port=$(JUPYTER_PORT) --ServerApp.port_retries=0 $(ROOT_FLAG)
 
 test: $(VENV) ## run everything CI runs
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n auto --dist loadfile $(PYTEST_ARGS)
 
 test-fast: $(VENV) ## grader unit tests only, no notebooks
 	$(BIN)/python -m pytest -m "not notebooks and not slow" $(PYTEST_ARGS)
