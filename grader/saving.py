@@ -174,6 +174,13 @@ def _not_a_state_dict(state_dict) -> tuple[str, str] | None:
 
 # --- loading a state_dict -------------------------------------------------------------------------
 
+def _loaded_as_is(tensor: torch.Tensor, saved: torch.Tensor) -> bool:
+    """Does the model's tensor hold the saved values (cast to its dtype, as load_state_dict does; NaN equal NaN)?"""
+    a, b = tensor.detach().cpu(), saved.detach().to(device="cpu", dtype=tensor.dtype)
+    return a.shape == b.shape and (torch.equal(a, b) or (a.is_floating_point()
+                                                         and torch.allclose(a, b, rtol=0, atol=0, equal_nan=True)))
+
+
 @_check("loads state_dict")
 def check_loads_state_dict(model, state_dict, example=None, *, device):
     """``model.load_state_dict(state_dict)`` (strict=True) succeeds; with ``example``, the loaded model runs."""
@@ -193,8 +200,7 @@ def check_loads_state_dict(model, state_dict, example=None, *, device):
                  devices=where)
         fail(title, f"{label}.load_state_dict(state_dict) raised {describe_error(error)}", hint=explain_error(error),
              devices=where)
-    changed = [k for k, t in m.state_dict().items()
-               if k in state_dict and not torch.equal(t.cpu(), state_dict[k].cpu())]
+    changed = [k for k, t in m.state_dict().items() if k in state_dict and not _loaded_as_is(t, state_dict[k])]
     if changed:
         fail(title, "after load_state_dict, some tensors differ from the state_dict", [f"`{k}`" for k in changed],
              hint="load_state_dict copies every tensor in; a load_state_dict hook or a custom "

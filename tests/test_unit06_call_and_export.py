@@ -463,3 +463,12 @@ def test_what_torch_accepts_is_accepted(capsys):
     saved = {k: v for k, v in Net().state_dict().items() if k != "body.1.num_batches_tracked"}
     check_loads_state_dict(Net, saved, example=(6, 3))
     assert "✓ loads state_dict: Net takes all 8 tensors with strict=True and runs" in capsys.readouterr().out
+
+
+def test_a_cast_checkpoint_loads_and_a_diverged_one_is_named():
+    as_float64 = {k: v.double() for k, v in Net().state_dict().items()}
+    check_loads_state_dict(Net, as_float64, example=(6, 3))  # load_state_dict casts to the model's dtype
+    diverged = Net().state_dict()
+    diverged["head.weight"][0, 0] = float("nan")
+    rejected(lambda: check_loads_state_dict(Net, diverged, example=(6, 3)),
+             "the loaded model's output holds NaN or Inf", "saved after training diverged")
