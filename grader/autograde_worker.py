@@ -366,7 +366,13 @@ def main(argv) -> None:
             student = task["student"]
             app.coursedir.assignment_id = task.get("assignment") or app.coursedir.assignment_id
             before = (server.forked, server.fallbacks) if server else (0, 0)
-            outcome = grade(app, student, kernels, log_dir)
+            try:
+                outcome = grade(app, student, kernels, log_dir)
+            except Exception as error:  # a fault of ours, not of the submission: report it, go on
+                traceback.print_exc()
+                outcome = {"assignment": app.coursedir.assignment_id, "student": student, "status": "failed",
+                           "reason": _short(f"grader error: {type(error).__name__}: {error}"), "seconds": 0.0,
+                           "score": None, "max_score": None}
             if server is not None:
                 outcome["kernels"] = {"forked": server.forked - before[0], "normal": server.fallbacks - before[1],
                                       "why_normal": server.problem}
