@@ -19,11 +19,11 @@ ASSIGNMENTS := $(notdir $(wildcard solutions/[0-9][0-9]_*))
 help: ## list the targets
 	@grep -E '^[a-z.-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-19s %s\n", $$1, $$2}'
 
+# nbgrader's wheel enables its own server extensions (formgrader, assignment list, validate).
 $(VENV): pyproject.toml ## create the virtual environment (only set-up)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade "pip>=24"
 	$(BIN)/pip install --quiet -e ".[test]"
-	$(BIN)/jupyter server extension enable --sys-prefix nbgrader >/dev/null
 	$(BIN)/jupyter labextension enable @jupyter/nbgrader >/dev/null
 	touch $(VENV)
 

@@ -552,15 +552,15 @@ def check_call_pipeline(fn: Callable, model, example, *, parts=PARTS, device):
 
 # --- torch.export inside a graded notebook: no stderr, and nothing the grading defences read as tampering ---
 
-def warm_up() -> None:
-    """Run torch's one-time set-up for torch.cond and torch.compile now, at import.
+def install_dynamo_patches() -> None:
+    """Run torch's one-time set-up for torch.cond and torch.compile now (the re-run's fork server calls it).
 
     The first function that dynamo compiles (torch.cond does, even in eager mode, for a tensor predicate) patches torch:
     it wraps the optimizers' `_init_group` and fused kernels, `torch.fx` tracing and `torch.jit.trace`, and
-    `nn.Module.__init__`/`__setstate__` (`TorchPatcher.patch`, `install_generation_tagging_init`). The grading
-    defences compare torch's namespaces with a copy taken after `import grader`, and would read these patches,
-    made in the middle of a graded cell, as tampering. Both functions are idempotent, so torch's own later call
-    changes nothing. Most notebooks pay the import of torch._dynamo anyway: the first optimizer step imports it.
+    `nn.Module.__init__`/`__setstate__` (`TorchPatcher.patch`, `install_generation_tagging_init`). The re-run
+    compares torch's namespaces with a copy taken in its pristine fork server, and would read these patches, made
+    in the middle of a graded cell, as tampering. Both functions are idempotent, so torch's own later call changes
+    nothing. A kernel needs none of this (nothing there compares), so `import grader` does not import dynamo.
     """
     import torch._dynamo  # noqa: F401
     from torch._dynamo.eval_frame import TorchPatcher
@@ -568,9 +568,6 @@ def warm_up() -> None:
 
     TorchPatcher.patch()
     install_generation_tagging_init()
-
-
-warm_up()
 
 
 @contextlib.contextmanager

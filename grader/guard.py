@@ -12,7 +12,8 @@ The policy, everywhere:
 * files: a path is readable when the longest root that contains it is in ``read_roots`` or
   ``write_roots``, writable when it is in ``write_roots``; a longer ``deny_roots`` entry wins
   (the course folder: solutions, source notebooks, the gradebook, other students' work), and
-  ``/proc/*/mem``-like files are never readable;
+  ``/proc/*/mem``-like files are never readable, nor a process's pipes, sockets and anonymous files
+  through ``/proc/*/fd/`` (an fd link to a real file resolves to that file and its root decides);
 * no new processes (subprocess, os.system, exec*, spawn*, posix_spawn, fork, _posixsubprocess),
   no signals to other processes; no SQLite database on disk; no symbolic or hard links;
 * no ctypes (dlopen, dlsym, from_address, string_at...), since it reads and writes any memory;
@@ -72,6 +73,9 @@ FRAME_ATTRIBUTES = frozenset({"tb_frame", "gi_frame", "cr_frame", "ag_frame"})
 TRACING_EVENTS = frozenset({"sys.settrace", "sys.setprofile", "sys._current_frames", "sys._current_exceptions"})
 CODE_EVENTS = frozenset({"code.__new__", "marshal.loads", "marshal.load"})
 GUARDED_ATTRIBUTES = frozenset({"__code__", "__defaults__", "__kwdefaults__", "__bases__", "__class__"})
+# torch's cache folders, set to sub-folders of graded code's temporary folder: an inherited value (any process that
+# compiled with torch sets TORCHINDUCTOR_CACHE_DIR for its children) would point outside the writable roots.
+TORCH_CACHE_VARIABLES = {"TORCHINDUCTOR_CACHE_DIR": "torchinductor", "TRITON_CACHE_DIR": "triton"}
 # Extension modules that, loaded afresh, would bring back what install() took away.
 BLOCKED_IMPORTS = frozenset({"_posixsubprocess", "_ctypes"})
 
@@ -174,8 +178,9 @@ def install(*, read_roots, write_roots, deny_roots=(), protect_frames=False, tru
         if _type(path) is _int or path is None:
             return True  # an open file descriptor, or listdir()'s current folder
         where = _resolve(path)
-        if _str.startswith(where, "/proc/") and _str.rpartition(where, "/")[2] in secret_proc_files:
-            return False
+        if _str.startswith(where, "/proc/") and (_str.rpartition(where, "/")[2] in secret_proc_files
+                                                 or "/fd/" in where or "/map_files/" in where):
+            return False  # an fd link that `resolve` left in /proc leads to a pipe, socket or anonymous file
         best, verdict = -1, "deny"
         probe = where + "/"
         for root, length, kind in roots:

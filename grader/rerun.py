@@ -328,6 +328,8 @@ def _grader_guard():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     os.environ["TMPDIR"] = tempfile.tempdir = {tmp_dir!r}
+    for variable, folder in module.TORCH_CACHE_VARIABLES.items():
+        os.environ[variable] = os.path.join({tmp_dir!r}, folder)
     module.install(read_roots={roots['read']!r}, write_roots={roots['write']!r}, deny_roots={roots['deny']!r},
                    log_fd=log_fd, what="your notebook's code")
 _grader_guard()

@@ -44,8 +44,11 @@ def warm_up() -> None:
     import copy
 
     import torch
-    import torch._dynamo  # noqa: F401
     from torch import nn
+
+    from .export import install_dynamo_patches
+
+    install_dynamo_patches()  # imports torch._dynamo, which rebinds torch.manual_seed
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Dropout(0.1), nn.Linear(4, 2))
@@ -158,6 +161,8 @@ def serve(job, conn):
     sys.path[:0] = [notebook_dir]
     posix.environ[b"TMPDIR"] = _encode(tmp_dir, "utf-8", "surrogateescape")
     sys.modules["tempfile"].tempdir = tmp_dir
+    for variable, folder in guard.TORCH_CACHE_VARIABLES.items():
+        sys.modules["os"].environ[variable] = tmp_dir + "/" + folder
     main = types.ModuleType("__main__")
     sys.modules["__main__"] = main
     namespace = main.__dict__

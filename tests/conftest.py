@@ -1,9 +1,12 @@
 """Shared fixtures: the repo's paths, and the nbgrader CLI run the way an instructor runs it."""
 
+import contextlib
+import io
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import nbformat
@@ -28,10 +31,19 @@ def pytest_runtest_makereport(item, call):
     return report
 
 
+# What an instructor's shell may hold after any torch.compile: graded code must not try to write there.
+OUTSIDE_CACHE = Path(tempfile.gettempdir()) / "inside-nn-module-tests" / "torchinductor"
+
+
 def tool_env() -> dict:
-    """The environment with this interpreter's bin/ first (nbgrader calls `alembic` by name)."""
+    """The environment with this interpreter's bin/ first (nbgrader calls `alembic` by name).
+
+    TORCHINDUCTOR_CACHE_DIR is set, as torch sets it in any process that compiled, to a folder that graded code may
+    not write: the grading kernels must use their own.
+    """
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["TORCHINDUCTOR_CACHE_DIR"] = str(OUTSIDE_CACHE)
     return env
 
 
@@ -69,3 +81,23 @@ def run_cells(notebook: str, *grade_ids: str, namespace: dict | None = None) -> 
             raise KeyError(f"{notebook} has no cell {grade_id!r}")
         exec(compile(cells[grade_id].source, f"{notebook}#{grade_id}", "exec"), namespace)
     return namespace
+
+
+def printed_by(notebook: str, namespace: dict, grade_id: str) -> str:
+    """What one cell of the notebook prints, run in a copy of the namespace."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        run_cells(notebook, grade_id, namespace=dict(namespace))
+    return out.getvalue()
+
+
+def rejected(check, *fragments) -> str:
+    """The CheckFailed message of `check()`, which must name every fragment."""
+    from grader import CheckFailed
+
+    with pytest.raises(CheckFailed) as failure:
+        check()
+    message = str(failure.value)
+    for fragment in fragments:
+        assert fragment in message, f"missing {fragment!r} in:\n{message}"
+    return message

@@ -78,7 +78,7 @@ def corpus(root: Path, scratch: Path) -> dict:
         "memory-hog": _with(root, cube="hog = []\nwhile True:\n    hog.append(bytes(512 << 20))"),
         "exits": _with(root, cube="import os\nos._exit(3)"),
         "segfault": _with(root, cube="import ctypes\nctypes.string_at(0)"),
-        "huge-output": _with(root, cube="for i in range(100_000):\n    print('line', i)\nprint('x' * 3_000_000)\n"
+        "huge-output": _with(root, cube="for i in range(5_000):\n    print('line', i)\nprint('x' * 300_000)\n"
                                         "def cube(x):\n    return x ** 3"),
         "warns": _with(root, square="import warnings\ndef square(x):\n    warnings.warn('square is slow')\n"
                                     "    return x * x"),

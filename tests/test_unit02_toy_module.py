@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import run_cells
-from grader import CheckFailed, check_forgotten_init, check_mirrors_torch, check_unknown_attribute
+from conftest import rejected, run_cells
+from grader import check_forgotten_init, check_mirrors_torch, check_unknown_attribute
 from grader.mirror import STAGES
 
 pytestmark = pytest.mark.device
@@ -30,15 +30,6 @@ def nb():
     run_cells(NOTEBOOK, "test_stage1_registration", namespace=namespace)
     REFERENCE[:] = [namespace["ToyModule"]]
     return namespace
-
-
-def rejected(check, *fragments) -> str:
-    with pytest.raises(CheckFailed) as failure:
-        check()
-    message = str(failure.value)
-    for fragment in fragments:
-        assert fragment in message, f"missing {fragment!r} in:\n{message}"
-    return message
 
 
 def stub(name):

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import run_cells
-from grader import (CheckFailed, check_device_transfer, check_gradient_flow, check_matches_torch, check_roles,
+from conftest import rejected, run_cells
+from grader import (check_device_transfer, check_gradient_flow, check_matches_torch, check_roles,
                     check_tensors, check_trainable_count)
 
 pytestmark = pytest.mark.device
@@ -20,15 +20,6 @@ def nb():
     """The assignment's own cells: broken models, reference answers and helpers."""
     return run_cells(NOTEBOOK, "setup", "bn_answer", "mask_broken", "mask_answer", "stats_broken", "stats_answer",
                      "ema_names", "ema_answer", "ema_helpers", "freeze_model", "freeze_answer")
-
-
-def rejected(check, *fragments) -> str:
-    with pytest.raises(CheckFailed) as failure:
-        check()
-    message = str(failure.value)
-    for fragment in fragments:
-        assert fragment in message, f"missing {fragment!r} in:\n{message}"
-    return message
 
 
 # --- Part A: the reference BatchNorm passes; each usual mistake is named ---------------------------

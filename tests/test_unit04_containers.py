@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import run_cells
-from grader import (CheckFailed, check_counting, check_device_transfer, check_eval_behaviour, check_gradient_flow,
+from conftest import rejected, run_cells
+from grader import (check_counting, check_device_transfer, check_eval_behaviour, check_gradient_flow,
                     check_learning, check_trainable_count)
 
 pytestmark = pytest.mark.device
@@ -22,15 +22,6 @@ def nb():
     return run_cells(NOTEBOOK, "setup", "ensemble_broken", "ensemble_answer", "multitask_broken", "multitask_grow",
                      "multitask_answer", "skip_broken", "skip_answer", "stem_broken", "stem_answer",
                      "residual_answer", "counts_model", "counts_answer")
-
-
-def rejected(check, *fragments) -> str:
-    with pytest.raises(CheckFailed) as failure:
-        check()
-    message = str(failure.value)
-    for fragment in fragments:
-        assert fragment in message, f"missing {fragment!r} in:\n{message}"
-    return message
 
 
 def passes_every_check(make, example, expected, capsys):

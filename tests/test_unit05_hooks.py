@@ -4,14 +4,13 @@ records containers or forgets to copy, late-bound lambdas, a NaN hunter that nam
 
 import contextlib
 import functools
-import io
 
 import pytest
 import torch
 from torch import nn
 
-from conftest import run_cells
-from grader import (CheckFailed, check_finds_first_nonfinite, check_grad_norms, check_gradient_flow,
+from conftest import printed_by, rejected, run_cells
+from grader import (check_finds_first_nonfinite, check_grad_norms, check_gradient_flow,
                     check_keeps_output, check_learning, check_no_hook_leak, check_pre_hook_validates,
                     check_records_activations, check_same_function)
 
@@ -44,22 +43,6 @@ class HeadFirst(nn.Module):
         return self.head(self.body(x))
 
 
-def rejected(check, *fragments) -> str:
-    with pytest.raises(CheckFailed) as failure:
-        check()
-    message = str(failure.value)
-    for fragment in fragments:
-        assert fragment in message, f"missing {fragment!r} in:\n{message}"
-    return message
-
-
-def printed_by(nb, grade_id) -> str:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        run_cells(NOTEBOOK, grade_id, namespace=dict(nb))
-    return out.getvalue()
-
-
 # --- Part E: a hook registered on every call -------------------------------------------------------
 
 LEAK = ["calling the model leaves hooks behind", "`body` gains a forward hook on every call (3 after 3 calls",
@@ -75,7 +58,7 @@ def test_hook_registered_every_call_is_rejected(nb, capsys):
 
 
 def test_leak_demo_shows_the_hooks_piling_up_and_the_diagnosis(nb):
-    printed = printed_by(nb, "leak_demo")
+    printed = printed_by(NOTEBOOK, nb, "leak_demo")
     assert "calls: 3, forward hooks on model.body: 3" in printed
     assert all(fragment in printed for fragment in LEAK)
 
@@ -157,7 +140,7 @@ def test_inplace_hook_is_rejected(nb, capsys):
 
 
 def test_inplace_demo_prints_the_diagnosis(nb):
-    printed = printed_by(nb, "inplace_demo")
+    printed = printed_by(NOTEBOOK, nb, "inplace_demo")
     assert "largest hidden activation is capped: 0.5" in printed
     assert all(fragment in printed for fragment in INPLACE)
 

@@ -3,8 +3,6 @@ cells print that diagnosis, the fixes pass; check_call_pipeline names the first 
 check_checkpoint_round_trip the usual mistakes of save/load functions, check_loads_state_dict renames and shape
 mismatches. Exports are slow (about a second each, several on the first), so each one here is needed."""
 
-import contextlib
-import io
 
 import nbformat
 import pytest
@@ -12,8 +10,8 @@ import torch
 from torch import nn
 from torch.nn.modules import module as torch_module
 
-from conftest import ROOT, run_cells
-from grader import (CheckFailed, check_call_pipeline, check_checkpoint_round_trip, check_export_agrees,
+from conftest import ROOT, printed_by, rejected, run_cells
+from grader import (check_call_pipeline, check_checkpoint_round_trip, check_export_agrees,
                     check_loads_state_dict, check_same_function)
 from grader.saving import renamed_prefixes
 
@@ -29,22 +27,6 @@ def nb():
     """The assignment's own cells: the setup, the reference answers and the broken models."""
     return run_cells(NOTEBOOK, "setup", "pipeline_answer", "checkpoint_answer", "rename_broken", "rename_answer",
                      "export_broken", "export_answer")
-
-
-def rejected(check, *fragments) -> str:
-    with pytest.raises(CheckFailed) as failure:
-        check()
-    message = str(failure.value)
-    for fragment in fragments:
-        assert fragment in message, f"missing {fragment!r} in:\n{message}"
-    return message
-
-
-def printed_by(nb, grade_id) -> str:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        run_cells(NOTEBOOK, grade_id, namespace=dict(nb))
-    return out.getvalue()
 
 
 def global_hooks() -> list[int]:
@@ -220,7 +202,7 @@ def _save(path, model, optimizer, step):
 
 
 def test_whole_model_pickle_is_refused_by_weights_only_and_the_demo_shows_it(nb):
-    demo = printed_by(nb, "checkpoint_demo")
+    demo = printed_by(NOTEBOOK, nb, "checkpoint_demo")
     assert "UnpicklingError: Weights only load failed." in demo
     assert "Unsupported global: GLOBAL torch.nn.modules.container.Sequential was not an allowed global" in demo
     assert ("✗ checkpoint round trip [cpu]: torch.load(path, weights_only=True) refuses what save_whole_model wrote"
@@ -318,7 +300,7 @@ RENAME = ["✗ loads state_dict [cpu]: Classifier cannot load this state_dict wi
 def test_renamed_attribute_is_rejected_and_the_demo_shows_both_messages(nb):
     old = nb["OldClassifier"](20, 32, 10).state_dict()
     rejected(lambda: check_loads_state_dict(lambda: nb["Classifier"](20, 32, 10), old, example=EXAMPLE), *RENAME)
-    demo = printed_by(nb, "rename_demo")
+    demo = printed_by(NOTEBOOK, nb, "rename_demo")
     assert 'Missing key(s) in state_dict: "head.weight", "head.bias".' in demo
     assert 'Unexpected key(s) in state_dict: "fc.weight", "fc.bias".' in demo
     assert all(fragment in demo for fragment in RENAME)
@@ -388,7 +370,7 @@ BRANCH = ["✗ export agrees with eager [cpu]: the exported program disagrees wi
 
 
 def test_batch_size_branch_is_rejected_and_the_demo_prints_the_diagnosis(nb, capsys):
-    demo = printed_by(nb, "export_demo")
+    demo = printed_by(NOTEBOOK, nb, "export_demo")
     assert all(fragment in demo for fragment in BRANCH), demo
     assert capsys.readouterr().err == ""
 

@@ -1,7 +1,7 @@
 """builtins.exec, which IPython calls to run each cell, is replaced by one that skips the tests.
 
 where: added first
-stock: 4
+stock: 3
 """
 import builtins
 
