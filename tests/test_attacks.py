@@ -1,10 +1,12 @@
 """The attack corpus (tests/attacks/*.py) through stock nbgrader 0.9.6 and through our pipeline.
 
 Each attack is a blank release notebook plus code where a student can put it (an answer cell, a cell
-they add), or, for the attacks that bend torch's own answers, a wrong answer plus that code. One
-`nbgrader autograde` run per configuration grades every attack as a student of the lab assignment
-(tests/grading_lab.py): "stock" is the repo's configuration with nbgrader's default preprocessors
-put back, "ours" is the repo's nbgrader_config.py. Every attack must earn what the blank earns (0)
+they add), or, for the attacks that bend torch's own answers, a wrong answer plus that code. One run
+per configuration grades every attack as a student of the lab assignment (tests/grading_lab.py):
+"stock" is `nbgrader autograde` with the repo's configuration less our preprocessors (nbgrader's
+defaults put back); "ours" is `python -m grader autograde`, the parallel autograder instructors are
+told to use (warm forked kernels), with the repo's nbgrader_config.py. Plain `nbgrader autograde`
+with our configuration is the path tests/test_feedback.py grades through. Every attack must earn what the blank earns (0)
 under ours; under stock it earns what its file says, which is the comparison table of
 docs/grading-security.md (a test keeps the two equal).
 
@@ -78,7 +80,7 @@ def graded(tmp_path_factory):
         lab.submit(course, "reference_warns", lab.with_attack(course, "nowhere", "", warning_answers(answers)))
         for attack in ATTACKS:
             lab.submit(course, attack.name, lab.with_attack(course, attack.where, attack.code))
-    seconds = lab.autograde_all(list(courses.values()))
+    seconds = lab.autograde_all(list(courses.values()), parallel=(courses["ours"],))
     time.sleep(5)  # the detached process of 17_daemon writes 3 s after its kernel is gone
     results = {config: lab.scores(course) for config, course in courses.items()}
     results["seconds"] = {config: seconds[course] for config, course in courses.items()}

@@ -110,11 +110,15 @@ def test_tests_show_their_verdicts_not_their_code(pages):
 
 
 def test_no_hidden_test_line_reaches_the_feedback(feedback):
+    """The secrecy requirement for feedback (tests/test_secrecy.py covers exercises/ and the grader package)."""
     hidden = hidden_lines(lab.lab_source())
     assert hidden, "the lab has hidden tests"
-    for config in ("ours",):
-        leaked = [line for line in hidden if line in feedback[config]]
-        assert not leaked, f"hidden test code in {config} feedback: {leaked}"
+    course = lab.feedback_courses()["ours"]
+    for student in ("partly_wrong", "reference"):
+        raw = lab.feedback_html(course, student)
+        page = text_of(raw)
+        leaked = [line for line in hidden if line in page or line in raw]
+        assert not leaked, f"hidden test code in {student}'s feedback: {leaked}"
     # the control: stock nbgrader renders the hidden tests into the feedback (nbgrader issue #917)
     assert any(line in feedback["stock"] for line in hidden)
 
