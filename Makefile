@@ -6,6 +6,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 JUPYTER_PORT ?= 8888
 PYTEST_ARGS ?=
+# pytest workers for make test: one more than the cores, since many tests wait (timeouts, kernels starting).
+TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
 # nbgrader runs some tools (alembic) by name, so the venv's bin/ goes first on PATH.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 # Jupyter refuses to run as root (containers, CI machines) unless told so.
@@ -29,7 +31,7 @@ lab: $(VENV) ## open JupyterLab on the course, with nbgrader's extensions (honou
 	$(BIN)/jupyter lab --ServerApp.root_dir="$(CURDIR)" --port=$(JUPYTER_PORT) --ServerApp.port_retries=0 $(ROOT_FLAG)
 
 test: $(VENV) ## run everything CI runs
-	$(BIN)/python -m pytest -n auto --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 test-fast: $(VENV) ## grader unit tests only, no notebooks
 	$(BIN)/python -m pytest -m "not notebooks and not slow" $(PYTEST_ARGS)

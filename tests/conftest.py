@@ -16,11 +16,26 @@ ROOT = Path(__file__).resolve().parent.parent
 ASSIGNMENTS = sorted(p.name for p in (ROOT / "solutions").iterdir() if p.is_dir() and p.name[:2].isdigit())
 
 
+# Files whose tests take longest, started first (make test: --dist loadfile --no-loadscope-reorder) so that no
+# worker is left with one of them at the end. test_feedback reads the grading lab that test_attacks builds.
+LONGEST_FIRST = ("test_attacks.py", "test_bad_submissions.py", "test_autograde.py", "test_assignments.py",
+                 "test_mutants.py", "test_browser.py", "test_devices_and_cli.py")
+LAST = ("test_feedback.py",)
+
+
 def pytest_collection_modifyitems(items):
-    """nbval's lesson cells start kernels: mark them so `make test-fast` can leave them out."""
+    """Mark nbval's lesson cells (they start kernels) for `make test-fast` to leave out; longest files first."""
     for item in items:
         if item.path.suffix == ".ipynb":
             item.add_marker(pytest.mark.notebooks)
+
+    def rank(item):
+        name = item.path.name
+        if name in LONGEST_FIRST:
+            return LONGEST_FIRST.index(name)
+        return len(LONGEST_FIRST) + (name in LAST)
+
+    items.sort(key=rank)  # stable: the order within a file stays
 
 
 @pytest.hookimpl(wrapper=True)

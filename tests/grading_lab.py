@@ -7,13 +7,22 @@ do (so that a warning the model raises there reaches the cell's stderr); then it
 `nbgrader generate_assignment`. The configuration is the repo's own
 nbgrader_config.py ("ours") or the same file with nbgrader's default preprocessors put back
 ("stock"). Students are the generated release, edited cell by cell.
+
+`graded_lab()` grades every student the defence tests read (the attack corpus of tests/attacks/, the
+blank, the reference, a reference that warns, a partly wrong answer) once per test run, under both
+configurations, and renders feedback for three of them: tests/test_attacks.py and
+tests/test_feedback.py share it (a lock lets one pytest-xdist worker build it for all).
 """
 
-import atexit
+import fcntl
+import json
+import os
+import re
 import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
@@ -45,6 +54,32 @@ c.Autograde.autograde_preprocessors = _StockAutograde.class_traits()["autograde_
 c.GenerateFeedback.preprocessors = _StockFeedback.class_traits()["preprocessors"].default()
 c.OverwriteCells.add_missing_cells = False
 """
+
+
+ATTACKS_DIR = Path(__file__).parent / "attacks"
+WARNS = '''
+        nn.init.kaiming_uniform(self.fc1.weight)  # deprecated spelling: torch raises a UserWarning
+'''
+
+
+@dataclass
+class Attack:
+    name: str
+    title: str
+    where: str
+    stock: float
+    code: str
+
+
+def load_attack(path: Path) -> Attack:
+    text = path.read_text()
+    header = re.match(r'"""(.*?)"""', text, re.S).group(1)
+    fields = dict(re.findall(r"^(\w+): (.+)$", header, re.M))
+    title = " ".join(header.split("\n\n")[0].split())
+    return Attack(path.stem, title, fields["where"], float(fields["stock"]), text)
+
+
+ATTACKS = [load_attack(p) for p in sorted(ATTACKS_DIR.glob("*.py"))]
 
 
 def lab_source() -> nbformat.NotebookNode:
@@ -115,12 +150,12 @@ def with_attack(root: Path, where: str, code: str, answers: dict[str, str] | Non
 def autograde_all(courses: list[Path], parallel: tuple[Path, ...] = ()) -> dict[Path, float]:
     """Autograde every course at once (one process each); seconds each took.
 
-    A course in `parallel` is graded by `python -m grader autograde` (2 workers, warm forked kernels), the
+    A course in `parallel` is graded by `python -m grader autograde` (one worker, warm forked kernels), the
     others by `nbgrader autograde`; both run nbgrader's converter with the course's configuration.
     """
     nbgrader_bin = Path(sys.executable).parent / "nbgrader"
     commands = {course: [sys.executable, "-m", "grader", "autograde", ASSIGNMENT, "--force", "--quiet",
-                         "--workers", "2", "--log-dir", str(course / "logs")] if course in parallel
+                         "--workers", "1", "--log-dir", str(course / "logs")] if course in parallel
                 else [nbgrader_bin, "autograde", ASSIGNMENT, "--force"] for course in courses}
     started = time.monotonic()
     running = {course: subprocess.Popen(command, cwd=course, env=tool_env(), stdout=subprocess.PIPE,
@@ -185,26 +220,50 @@ def mlp_params(sizes):
         return self.fc2(torch.relu(self.fc1(x)))
 ''',
 }
-_FEEDBACK: dict = {}
+def warning_answers(answers: dict[str, str]) -> dict[str, str]:
+    """The reference, with a line in SuperNet.__init__ that makes torch raise a UserWarning."""
+    super_answer = answers["super_answer"]
+    warns = super_answer.replace("        ### END SOLUTION", WARNS.rstrip("\n") + "\n        ### END SOLUTION", 1)
+    assert warns != super_answer
+    return {**answers, "super_answer": warns}
 
 
-def feedback_courses() -> dict[str, Path]:
-    """Both configurations, with a partly wrong student and the reference autograded and their feedback
-    generated; built once per test session (test_feedback and test_secrecy read the same files)."""
-    if not _FEEDBACK:
-        import tempfile
+def graded_lab(tmp_path_factory) -> dict:
+    """{"courses": {config: folder}, "seconds": {config: s}, "logs": {config: text}}, built once per test run.
 
-        root = Path(tempfile.mkdtemp(prefix="grader-feedback-"))
-        atexit.register(shutil.rmtree, root, True)
-        courses = {config: make_lab_course(root / config, config) for config in ("stock", "ours")}
-        for course in courses.values():
-            submit(course, "partly_wrong", with_attack(course, "nowhere", "", PARTLY_WRONG))
-            submit(course, "reference", with_attack(course, "nowhere", "", reference_answers()))
-        autograde_all(list(courses.values()))
-        for course in courses.values():
-            nbgrader("generate_feedback", ASSIGNMENT, "--force", cwd=course)
-        _FEEDBACK.update(courses)
-    return dict(_FEEDBACK)
+    "stock" is graded by `nbgrader autograde`, "ours" by `python -m grader autograde`; feedback is
+    generated for partly_wrong, reference and reference_warns. Under pytest-xdist the lab lives beside
+    the workers' temp folders, and a lock lets the first worker that asks build it for all.
+    """
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "grading-lab"
+    with open(f"{root}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / "done.json").exists():
+            (root / "done.json").write_text(json.dumps(_grade_lab(root)))
+    done = json.loads((root / "done.json").read_text())
+    return {"courses": {config: Path(path) for config, path in done["courses"].items()},
+            "seconds": done["seconds"], "logs": done["logs"]}
+
+
+def _grade_lab(root: Path) -> dict:
+    shutil.rmtree(root, ignore_errors=True)
+    courses = {config: make_lab_course(root / config, config) for config in ("stock", "ours")}
+    answers = reference_answers()
+    for course in courses.values():
+        submit(course, "blank", release(course))
+        submit(course, "reference", with_attack(course, "nowhere", "", answers))
+        submit(course, "reference_warns", with_attack(course, "nowhere", "", warning_answers(answers)))
+        submit(course, "partly_wrong", with_attack(course, "nowhere", "", PARTLY_WRONG))
+        for attack in ATTACKS:
+            submit(course, attack.name, with_attack(course, attack.where, attack.code))
+    seconds = autograde_all(list(courses.values()), parallel=(courses["ours"],))
+    time.sleep(5)  # the detached process of 17_daemon writes 3 s after its kernel is gone
+    for course in courses.values():
+        nbgrader("generate_feedback", ASSIGNMENT, "--force", "--student=[pr]*", cwd=course)
+    return {"courses": {config: str(course) for config, course in courses.items()},
+            "seconds": {config: seconds[course] for config, course in courses.items()},
+            "logs": {config: (course / "autograde.log").read_text() for config, course in courses.items()}}
 
 
 def feedback_html(course: Path, student: str) -> str:

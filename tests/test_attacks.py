@@ -5,9 +5,9 @@ they add), or, for the attacks that bend torch's own answers, a wrong answer plu
 per configuration grades every attack as a student of the lab assignment (tests/grading_lab.py):
 "stock" is `nbgrader autograde` with the repo's configuration less our preprocessors (nbgrader's
 defaults put back); "ours" is `python -m grader autograde`, the parallel autograder instructors are
-told to use (warm forked kernels), with the repo's nbgrader_config.py. Plain `nbgrader autograde`
-with our configuration is the path tests/test_feedback.py grades through. Every attack must earn what the blank earns (0)
-under ours; under stock it earns what its file says, which is the comparison table of
+told to use (warm forked kernels), with the repo's nbgrader_config.py (tests/test_autograde.py shows
+it grades exactly as plain `nbgrader autograde` with that configuration). Every attack must earn
+what the blank earns (0) under ours; under stock it earns what its file says, which is the comparison table of
 docs/grading-security.md (a test keeps the two equal).
 
 The same run grades the reference (full marks in both) and a correct answer whose model makes torch
@@ -17,75 +17,26 @@ which stock nbgrader scores as 0. Ours keeps the points of a test that passed in
 the re-run.
 """
 
-import re
-import time
-from dataclasses import dataclass
-from pathlib import Path
-
 import nbformat
 import pytest
 
 import grading_lab as lab
 from conftest import ASSIGNMENTS, ROOT
+from grading_lab import ATTACKS
 
 pytestmark = pytest.mark.notebooks
 slow = pytest.mark.slow
 
-ATTACKS_DIR = Path(__file__).parent / "attacks"
 DOC = ROOT / "docs" / "grading-security.md"
 TABLE_START, TABLE_END = "<!-- attack table: start -->", "<!-- attack table: end -->"
-
-WARNS = '''
-        nn.init.kaiming_uniform(self.fc1.weight)  # deprecated spelling: torch raises a UserWarning
-'''
-
-
-@dataclass
-class Attack:
-    name: str
-    title: str
-    where: str
-    stock: float
-    code: str
-
-
-def load(path: Path) -> Attack:
-    text = path.read_text()
-    header = re.match(r'"""(.*?)"""', text, re.S).group(1)
-    fields = dict(re.findall(r"^(\w+): (.+)$", header, re.M))
-    title = " ".join(header.split("\n\n")[0].split())
-    return Attack(path.stem, title, fields["where"], float(fields["stock"]), text)
-
-
-ATTACKS = [load(p) for p in sorted(ATTACKS_DIR.glob("*.py"))]
-
-
-def warning_answers(answers: dict[str, str]) -> dict[str, str]:
-    """The reference, with a line in SuperNet.__init__ that makes torch raise a UserWarning."""
-    super_answer = answers["super_answer"]
-    warns = super_answer.replace("        ### END SOLUTION", WARNS.rstrip("\n") + "\n        ### END SOLUTION", 1)
-    assert warns != super_answer
-    return {**answers, "super_answer": warns}
 
 
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
-    """{"stock": {student: (score, flagged)}, "ours": {...}}, and seconds per configuration."""
-    root = tmp_path_factory.mktemp("attacks")
-    courses = {config: lab.make_lab_course(root / config, config) for config in ("stock", "ours")}
-    answers = lab.reference_answers()
-    for course in courses.values():
-        lab.submit(course, "blank", lab.release(course))
-        lab.submit(course, "reference", lab.with_attack(course, "nowhere", "", answers))
-        lab.submit(course, "reference_warns", lab.with_attack(course, "nowhere", "", warning_answers(answers)))
-        for attack in ATTACKS:
-            lab.submit(course, attack.name, lab.with_attack(course, attack.where, attack.code))
-    seconds = lab.autograde_all(list(courses.values()), parallel=(courses["ours"],))
-    time.sleep(5)  # the detached process of 17_daemon writes 3 s after its kernel is gone
-    results = {config: lab.scores(course) for config, course in courses.items()}
-    results["seconds"] = {config: seconds[course] for config, course in courses.items()}
-    results["logs"] = {config: (course / "autograde.log").read_text() for config, course in courses.items()}
-    return results
+    """{"stock": {student: (score, flagged)}, "ours": {...}}, and the seconds and logs of each run."""
+    lab_run = lab.graded_lab(tmp_path_factory)
+    results = {config: lab.scores(course) for config, course in lab_run["courses"].items()}
+    return {**results, "seconds": lab_run["seconds"], "logs": lab_run["logs"]}
 
 
 def test_the_corpus_is_varied():

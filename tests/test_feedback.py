@@ -72,9 +72,15 @@ def hidden_lines(notebook) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def pages():
+def courses(tmp_path_factory):
+    """config -> the graded lab course, with feedback rendered (shared with tests/test_attacks.py)."""
+    return lab.graded_lab(tmp_path_factory)["courses"]
+
+
+@pytest.fixture(scope="module")
+def pages(courses):
     """config -> the partly wrong student's feedback page (HTML)."""
-    return {config: lab.feedback_html(course, "partly_wrong") for config, course in lab.feedback_courses().items()}
+    return {config: lab.feedback_html(course, "partly_wrong") for config, course in courses.items()}
 
 
 @pytest.fixture(scope="module")
@@ -109,11 +115,11 @@ def test_tests_show_their_verdicts_not_their_code(pages):
         assert "Traceback" not in text and "---->" not in text, f"{grade_id} shows a traceback:\n{text}"
 
 
-def test_no_hidden_test_line_reaches_the_feedback(feedback):
+def test_no_hidden_test_line_reaches_the_feedback(feedback, courses):
     """The secrecy requirement for feedback (tests/test_secrecy.py covers exercises/ and the grader package)."""
     hidden = hidden_lines(lab.lab_source())
     assert hidden, "the lab has hidden tests"
-    course = lab.feedback_courses()["ours"]
+    course = courses["ours"]
     for student in ("partly_wrong", "reference"):
         raw = lab.feedback_html(course, student)
         page = text_of(raw)
@@ -123,14 +129,13 @@ def test_no_hidden_test_line_reaches_the_feedback(feedback):
     assert any(line in feedback["stock"] for line in hidden)
 
 
-def test_reference_feedback_shows_only_passing_verdicts():
-    found = rendered_tests(lab.feedback_html(lab.feedback_courses()["ours"], "reference"))
+def test_reference_feedback_shows_only_passing_verdicts(courses):
+    found = rendered_tests(lab.feedback_html(courses["ours"], "reference"))
     for grade_id, text in found.items():
         assert "✗" not in text and "✓" in text, f"{grade_id}:\n{text}"
 
 
-def test_feedback_scores_match_the_gradebook():
-    courses = lab.feedback_courses()
+def test_feedback_scores_match_the_gradebook(courses):
     scores = lab.scores(courses["ours"])
     assert scores["reference"] == (lab.MAX_SCORE, False)
     assert scores["partly_wrong"] == (0.0, False)
