@@ -50,7 +50,8 @@ def python_roots() -> list[str]:
     """Folders of the Python installation and its packages: readable, and the home of trusted code."""
     paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *site.getsitepackages()}
     paths |= {p for k, p in sysconfig.get_paths().items() if k in ("stdlib", "platstdlib", "purelib", "platlib")}
-    return sorted(os.path.realpath(p) for p in paths if p)
+    # Both spellings: a module's code names the path it was imported by (a symlinked venv keeps its link).
+    return sorted({os.path.realpath(p) for p in paths if p} | {os.path.abspath(p) for p in paths if p})
 
 
 def policy(notebook_dir: str, tmp_dir: str, course_root: str, secrets_paths=()) -> dict:
