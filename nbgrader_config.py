@@ -20,7 +20,7 @@ c.Execute.interrupt_on_timeout = True
 c.ClearSolutions.code_stub = {"python": '# YOUR CODE HERE\nraise NotImplementedError("replace this line with your code")'}
 c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
 
-# --- Grading defences (grader/rerun.py, grader/guard.py, grader/feedback.py; docs/grading-security.md) ---
+# --- Grading defences (grader/grading/: rerun.py, guard.py, feedback.py; docs/grading-security.md) ---
 # Student code runs before the tests, in the same kernel. The kernel runs under an audit hook from
 # before the first cell (GuardedExecute); every test cell is run again out of the kernel, on the
 # locked cells and the answer cells only, and scores only if it passes there too (RerunTests);
@@ -34,11 +34,11 @@ from nbgrader.preprocessors import Execute as _Execute, SaveAutoGrades as _SaveA
 
 
 def _grader_module(name):
-    """grader/<name>.py as module grader_<name>, without running the package's __init__ (which imports torch)."""
+    """grader/grading/<name>.py as module grader_<name>, without running the package's __init__ (which imports torch)."""
     key = f"grader_{name}"
     if key not in _sys.modules:
         package = _importlib_util.find_spec("grader").submodule_search_locations[0]
-        spec = _importlib_util.spec_from_file_location(key, f"{package}/{name}.py")
+        spec = _importlib_util.spec_from_file_location(key, f"{package}/grading/{name}.py")
         module = _importlib_util.module_from_spec(spec)
         _sys.modules[key] = module
         spec.loader.exec_module(module)

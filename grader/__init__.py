@@ -3,18 +3,24 @@
 A test cell calls a check on the student's model; the check prints one verdict
 line, or raises CheckFailed with a diagnosis and a hint. The package holds no
 solutions and no hidden-test data: students have it installed.
+
+Three rooms:
+  grader/checks/   the checks students call, one module per topic (this module exports them)
+  grader/grading/  the grading machinery instructors run: re-run, guard, autograde, feedback
+  grader/cli.py    the command line, `python -m grader`
 """
 
-from .checks import (check_counting, check_device_transfer, check_eval_behaviour, check_gradient_flow,
-                     check_learning, check_model, check_names, check_trainable_count)
-from .equivalence import check_matches_torch, check_roles, check_tensors
-from .export import check_call_pipeline, check_export_agrees
-from .hooks import (check_finds_first_nonfinite, check_grad_norms, check_keeps_output, check_no_hook_leak,
+from .checks.counting import check_counting, check_names
+from .checks.models import (check_device_transfer, check_eval_behaviour, check_gradient_flow, check_learning,
+                            check_model, check_trainable_count)
+from .checks.layers import check_matches_torch, check_roles, check_tensors
+from .checks.export import check_call_pipeline, check_export_agrees
+from .checks.hooks import (check_finds_first_nonfinite, check_grad_norms, check_keeps_output, check_no_hook_leak,
                     check_pre_hook_validates, check_records_activations)
-from .mirror import check_forgotten_init, check_mirrors_torch, check_unknown_attribute
-from .report import CheckFailed
-from .saving import check_checkpoint_round_trip, check_loads_state_dict
-from .training import (check_counter, check_optimizer, check_predict, check_same_function,
+from .checks.toy_module import check_forgotten_init, check_mirrors_torch, check_unknown_attribute
+from .checks.report import CheckFailed
+from .checks.saving import check_checkpoint_round_trip, check_loads_state_dict
+from .checks.training import (check_counter, check_optimizer, check_predict, check_same_function,
                        check_training_step)
 
 __all__ = [

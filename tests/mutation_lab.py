@@ -5,7 +5,7 @@ inside the cell's `### BEGIN/END SOLUTION` region (the part a student writes), a
 that does not compile is dropped (a syntax error proves nothing about the tests).
 
 `python tests/mutation_lab.py NOTEBOOK` grades every mutant of a source notebook and prints one JSON
-line per mutant. Grading is the re-run's program (grader.rerun.source_program): the locked cells as
+line per mutant. Grading is the re-run's program (grader.grading.rerun.source_program): the locked cells as
 the source holds them, hidden tests included, and the answer cells, in order, in one namespace.
 The runner executes the cells once; at each answer cell it forks one child per mutant, which runs
 the mutated cell and the rest of the notebook and stops at the first test that fails (the mutant
@@ -186,7 +186,7 @@ def grade(notebook_path: str):
 
     torch.set_num_threads(1)  # torch's thread pool does not survive fork: stay on one thread
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from grader import rerun
+    from grader.grading import rerun
 
     program = rerun.source_program(nbformat.read(notebook_path, as_version=4))
     os.chdir(tempfile.mkdtemp(prefix="mutants-"))

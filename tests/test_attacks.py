@@ -11,7 +11,7 @@ what the blank earns (0) under ours; under stock it earns what its file says, wh
 docs/grading-security.md (a test keeps the two equal).
 
 The same run grades the reference (full marks in both) and a correct answer whose model makes torch
-raise a UserWarning when it is built. Inside a check the warning is captured (grader.report.quiet);
+raise a UserWarning when it is built. Inside a check the warning is captured (grader.checks.report.quiet);
 the lab's last test builds the model outside any check, so the warning reaches the cell's stderr,
 which stock nbgrader scores as 0. Ours keeps the points of a test that passed in the kernel and in
 the re-run.
@@ -96,14 +96,14 @@ def test_the_documented_table_is_the_corpus():
 
 @pytest.fixture(scope="module")
 def rerunner():
-    from grader.rerun import Rerunner
+    from grader.grading.rerun import Rerunner
 
     return Rerunner(cell_timeout=120)
 
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_reference_passes_the_rerun_with_every_defence_on(rerunner, assignment, tmp_path):
-    from grader.rerun import source_program
+    from grader.grading.rerun import source_program
 
     for path in sorted((ROOT / "solutions" / assignment).glob("*.ipynb")):
         outcomes = rerunner.run(source_program(nbformat.read(path, as_version=4)), tmp_path, course_root=str(ROOT))
@@ -113,7 +113,7 @@ def test_reference_passes_the_rerun_with_every_defence_on(rerunner, assignment, 
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_blank_release_fails_every_test_of_the_rerun(rerunner, assignment, tmp_path):
-    from grader.rerun import source_program
+    from grader.grading.rerun import source_program
 
     for path in sorted((ROOT / "exercises" / assignment).glob("*.ipynb")):
         outcomes = rerunner.run(source_program(nbformat.read(path, as_version=4)), tmp_path, course_root=str(ROOT))

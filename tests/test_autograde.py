@@ -172,7 +172,7 @@ def test_the_isolation_test_would_catch_a_shared_interpreter(tmp_path):
 # ------------------------------------------------------------------ the fork server on its own
 
 def _kernels_module():
-    from grader import autograde_worker
+    from grader.grading import autograde_worker
 
     return autograde_worker.load_sibling("kernels")
 

@@ -9,7 +9,7 @@ from torch import nn
 import broken_models as bm
 from grader import (CheckFailed, check_counting, check_device_transfer, check_eval_behaviour,
                     check_gradient_flow, check_learning, check_model, check_names, check_trainable_count)
-from grader.checks import _agree
+from grader.checks.runner import _agree
 
 pytestmark = pytest.mark.device
 
@@ -231,7 +231,7 @@ def test_dropout_does_not_break_agreement_across_devices_with_other_random_strea
     """CUDA draws other dropout masks than the CPU under one seed: a two-device matrix whose random
     streams differ (simulated on the CPU) must still pass a correct dropout model, and still catch a
     model that really computes something else on the second device."""
-    from grader import devices
+    from grader.checks import devices
     monkeypatch.setattr(devices, "selected", lambda: [torch.device("cpu"), torch.device("cpu")])
     monkeypatch.setattr(devices, "label", lambda matrix: "cpu, cpu*")
     rounds = []  # each device starts with torch.manual_seed(SEED): count them

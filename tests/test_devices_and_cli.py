@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from conftest import ROOT
-from grader import check_trainable_count, devices
+from grader import check_trainable_count
+from grader.checks import devices
 
 
 def test_default_matrix_is_cpu_plus_visible_cuda(monkeypatch):

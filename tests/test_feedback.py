@@ -16,7 +16,7 @@ import nbformat
 import pytest
 
 import grading_lab as lab
-from grader.feedback import HIDDEN_NOTE
+from grader.grading.feedback import HIDDEN_NOTE
 
 pytestmark = pytest.mark.notebooks
 

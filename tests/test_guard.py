@@ -49,7 +49,7 @@ def test_file_policy(tmp_path):
     for folder in folders.values():
         folder.mkdir()
     (folders["readable"] / "notes.txt").write_text("notes")
-    code = PROBE.format(grader=str(ROOT / "grader"), **{k: str(v) for k, v in folders.items()})
+    code = PROBE.format(grader=str(ROOT / "grader" / "grading"), **{k: str(v) for k, v in folders.items()})
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {

@@ -41,6 +41,6 @@ def test_releases_hold_no_solutions_or_hidden_tests():
 
 
 def test_grader_package_holds_no_solution_markers():
-    for source in (ROOT / "grader").glob("*.py"):
+    for source in (ROOT / "grader").rglob("*.py"):
         text = source.read_text()
         assert "BEGIN SOLUTION" not in text and "HIDDEN TESTS" not in text, source

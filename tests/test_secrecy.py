@@ -131,7 +131,7 @@ def released_text(assignment: str) -> str:
 
 
 def grader_source() -> str:
-    return "\n".join(normal(line) for path in sorted((ROOT / "grader").glob("*.py"))
+    return "\n".join(normal(line) for path in sorted((ROOT / "grader").rglob("*.py"))
                      for line in path.read_text().splitlines())
 
 
@@ -148,14 +148,14 @@ def test_release_shows_no_solution_and_no_hidden_test(assignment):
 
 
 def test_grader_package_is_python_source_only():
-    stray = [p.name for p in (ROOT / "grader").iterdir()
-             if (p.is_file() and p.suffix != ".py") or (p.is_dir() and p.name != "__pycache__")]
+    stray = [str(p.relative_to(ROOT / "grader")) for p in (ROOT / "grader").rglob("*")
+             if "__pycache__" not in p.parts and p.is_file() and p.suffix != ".py"]
     assert not stray, f"the grader package, which students install, must hold only code: {stray}"
 
 
-# Known and reported: the grader's diagnosis of hidden tensors (grader/diagnose.find_hidden) walks the
+# Known and reported: the grader's diagnosis of hidden tensors (grader/checks/diagnose.find_hidden) walks the
 # model exactly as unit 01's Part D (find_unregistered) asks students to. Strict: once fixed, this fails.
-KNOWN_LEAKS = {"01_registration": "grader/diagnose.find_hidden is the algorithm of unit 01 Part D (find_unregistered)"}
+KNOWN_LEAKS = {"01_registration": "grader/checks/diagnose.find_hidden is the algorithm of unit 01 Part D (find_unregistered)"}
 
 
 @pytest.mark.parametrize("assignment", [

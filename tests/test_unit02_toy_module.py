@@ -7,7 +7,7 @@ from torch import nn
 
 from conftest import rejected, run_cells
 from grader import check_forgotten_init, check_mirrors_torch, check_unknown_attribute
-from grader.mirror import STAGES
+from grader.checks.toy_module import STAGES
 
 pytestmark = pytest.mark.device
 

@@ -1,5 +1,5 @@
 """Unit 05, hooks: both broken models are rejected with the right hint, their demo cells print that diagnosis,
-the fixes pass, and grader.hooks names the usual mistakes of hook utilities (hooks left behind, a recorder that
+the fixes pass, and grader.checks.hooks names the usual mistakes of hook utilities (hooks left behind, a recorder that
 records containers or forgets to copy, late-bound lambdas, a NaN hunter that names the last module, ...)."""
 
 import contextlib

@@ -13,7 +13,7 @@ from torch.nn.modules import module as torch_module
 from conftest import ROOT, printed_by, rejected, run_cells
 from grader import (check_call_pipeline, check_checkpoint_round_trip, check_export_agrees,
                     check_loads_state_dict, check_same_function)
-from grader.saving import renamed_prefixes
+from grader.checks.saving import renamed_prefixes
 
 pytestmark = pytest.mark.device
 

@@ -1,5 +1,5 @@
 """Unit 07, the debugging clinic: every patient is rejected by its own graded cells with the right hint, its
-demo cell prints that diagnosis, the reference fixes pass, and grader.training names the usual mistakes of
+demo cell prints that diagnosis, the reference fixes pass, and grader.checks.training names the usual mistakes of
 training-loop code."""
 
 import contextlib
@@ -99,7 +99,7 @@ IDS = [p[0] for p in PATIENTS]
 def test_patient_9_has_one_best_pairing_of_renamed_keys(nb):
     """check_loads_state_dict pairs renamed prefixes greedily, best rank first; patient 9 is built so that no two
     candidate pairings share a rank, so its demo names the same renames whatever the order of iteration."""
-    from grader.saving import _dotted_prefixes, _rests
+    from grader.checks.saving import _dotted_prefixes, _rests
 
     old, new = nb["SentimentV1"](20, 32, 3).state_dict(), nb["SentimentV2"](20, 32, 3).state_dict()
     unexpected, missing = [k for k in old if k not in new], [k for k in new if k not in old]
@@ -488,7 +488,7 @@ class DeviceDependentNoise(nn.Module):
 def test_training_checks_compare_each_device_with_its_own_reference(monkeypatch, capsys):
     """With two runs that draw different noise, the checks still agree: each run is compared with torch's
     loop on its own device, and the fingerprints do not carry the noise."""
-    from grader import devices
+    from grader.checks import devices
 
     monkeypatch.setattr(devices, "selected", lambda: [torch.device("cpu"), torch.device("cpu")])
     check_training_step(_step(["zero", "forward", "backward", "step"]), DeviceDependentNoise, example=(5, 6))

@@ -27,7 +27,7 @@ def mlp_params(sizes):
 
 
 def _sum_without_bias(items, start=0):
-    if _sys._getframe(1).f_code.co_filename.endswith("checks.py"):
+    if _sys._getframe(1).f_code.co_filename.endswith("counting.py"):
         return _sum(sorted(items)[1:], start)
     return _sum(items, start)
 

@@ -30,7 +30,6 @@ import os
 import secrets
 import shutil
 import site
-import struct
 import sys
 import sysconfig
 import tempfile
@@ -40,7 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-CHILD_MODULE = "grader.rerun_child"
+PACKAGE = HERE.parent  # the grader package: trusted code, readable by graded code
+CHILD_MODULE = "grader.grading.rerun_child"
 ERROR_NAME = "GradingCheckFailed"
 
 
@@ -61,10 +61,10 @@ def policy(notebook_dir: str, tmp_dir: str, course_root: str, secrets_paths=()) 
               home / ".cache/matplotlib"]
     system = ["/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc", "/opt", "/proc", "/sys", "/dev"]
     return {
-        "read": python_roots() + [str(HERE)] + system + [str(p) for p in config],
+        "read": python_roots() + [str(PACKAGE)] + system + [str(p) for p in config],
         "write": [notebook_dir, tmp_dir, "/dev/null", str(home / ".cache/matplotlib")],
         "deny": [course_root, *secrets_paths],
-        "trusted_code": python_roots() + [str(HERE)],
+        "trusted_code": python_roots() + [str(PACKAGE)],
     }
 
 
@@ -100,7 +100,7 @@ class _ChildModule:
 
 
 class _Serve:
-    """Pickles as `grader.rerun_child.serve`, looked up in the child."""
+    """Pickles as `grader.grading.rerun_child.serve`, looked up in the child."""
 
     def __reduce__(self):
         return operator.attrgetter("serve"), (_ChildModule(),)

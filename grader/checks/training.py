@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import AGREEMENT, SEED, _build, _check, _COUNTERS, _forward, _inputs, _loss, _outputs
+from .counting import _COUNTERS
+from .runner import AGREEMENT, SEED, _build, _check, _forward, _inputs, _loss, _outputs
 from .diagnose import describe_error, explain_error, type_name
 from .report import fail, plural, quiet, verdict
 

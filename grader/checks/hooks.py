@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
-from .checks import LEAK_HINT, LEAK_PROBLEM, _build, _check, _inputs, _loss, _outputs, hook_counts, hook_leaks
+from .runner import LEAK_HINT, LEAK_PROBLEM, _build, _check, _inputs, _loss, _outputs, hook_counts, hook_leaks
 from .diagnose import describe_error, explain_error, type_name
 from .report import CheckFailed, fail, plural
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn.modules import module as torch_module
 
-from .checks import SEED, _build, _check, _inputs, _loss, _outputs
+from .runner import SEED, _build, _check, _inputs, _loss, _outputs
 from .diagnose import describe_error, explain_error, type_name
 from .report import fail, plural
 

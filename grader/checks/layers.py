@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import SEED, _build, _check, _inputs, _loss
+from .runner import SEED, _build, _check, _inputs, _loss
 from .diagnose import describe_error, explain_error, find_hidden, type_name
 from .report import fail, plural, quiet, verdict
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
-from .checks import _build, _check, _forward, _inputs, _loss, _outputs
+from .runner import _build, _check, _forward, _inputs, _loss, _outputs
 from .diagnose import describe_error, explain_error, type_name
 from .report import CheckFailed, fail, plural
 

@@ -16,7 +16,7 @@ import traceback
 import torch
 from torch import nn
 
-from .checks import SEED, _check
+from .runner import SEED, _check
 from .diagnose import describe_error, type_name
 from .report import CheckFailed, fail, plural, quiet, verdict
 

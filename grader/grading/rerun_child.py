@@ -23,7 +23,6 @@ Everything here is run by the re-run only; it runs no code of the student's outs
 """
 
 import builtins
-import operator
 import posix
 import sys
 import types
@@ -46,7 +45,7 @@ def warm_up() -> None:
     import torch
     from torch import nn
 
-    from .export import install_dynamo_patches
+    from ..checks.export import install_dynamo_patches
 
     install_dynamo_patches()  # imports torch._dynamo, which rebinds torch.manual_seed
 

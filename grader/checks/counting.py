@@ -1,0 +1,79 @@
+"""Checks on functions students write to count and to find: formulas against torch's own count,
+names against the truth. Used by units 01 and 04."""
+
+import numbers
+import operator
+from collections.abc import Callable
+
+from torch import nn
+
+from .diagnose import describe_error, explain_error, type_name
+from .report import fail, plural, quiet, verdict
+
+_COUNTERS = {
+    "trainable parameters": lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad),
+    "parameters": lambda m: sum(p.numel() for p in m.parameters()),
+    "buffer elements": lambda m: sum(b.numel() for b in m.buffers()),
+    "state_dict elements": lambda m: sum(t.numel() for t in m.state_dict().values()),
+}
+
+
+def check_counting(fn: Callable, build: Callable, cases, counts: str = "trainable parameters"):
+    """``fn(*case)`` equals what torch counts on ``build(*case)``, for every case."""
+    __tracebackhide__ = True
+    title = f"counting {counts}"
+    if counts not in _COUNTERS:
+        raise ValueError(f"counts must be one of {sorted(_COUNTERS)}, not {counts!r}")
+    with quiet():
+        wrong = []
+        for case in cases:
+            case = case if isinstance(case, tuple) else (case,)
+            call = f"{fn.__name__}({', '.join(map(repr, case))})"
+            try:
+                got = fn(*case)
+            except Exception as error:
+                fail(title, f"{call} raised {describe_error(error)}", hint=explain_error(error))
+            truth = _COUNTERS[counts](build(*case))
+            if _exact_count(got) != truth:  # compared as a plain int: an object that "equals everything" fails
+                wrong.append(f"{call} returned {got!r}, but {type_name(build(*case))} built with {case} has "
+                             f"{truth:,} {counts}")
+        if wrong:
+            fail(title, f"{plural(len(wrong), 'case')} of {len(cases)} wrong", wrong,
+                 hint="count each tensor's elements: print([(n, tuple(t.shape)) for n, t in "
+                      "model.named_parameters()]) and compare with your formula")
+    verdict(title, f"{fn.__name__} matches torch on {plural(len(cases), 'case')}")
+
+
+def _exact_count(value):
+    """`value` as a plain int (numpy's integers included) or float; None for anything else, which equals no count."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        try:
+            return operator.index(value)
+        except TypeError:
+            return None
+    return value if type(value) is float else None
+
+
+def check_names(fn: Callable, model: nn.Module, expected, what: str = "names"):
+    """``fn(model)`` returns exactly the names in ``expected`` (any order, no repeats)."""
+    __tracebackhide__ = True
+    title = f"{fn.__name__}"
+    with quiet():
+        try:
+            got = fn(model)
+        except Exception as error:
+            fail(title, f"{fn.__name__}(model) raised {describe_error(error)}", hint=explain_error(error))
+        if got is None or isinstance(got, str) or not hasattr(got, "__iter__"):
+            fail(title, f"{fn.__name__}(model) returned {got!r}, not a list of {what}",
+                 hint="return a list of strings, such as ['self.layers[0]']")
+        got = list(got)
+        missing = sorted(set(expected) - set(got))
+        extra = sorted(set(got) - set(expected))
+        repeated = sorted({n for n in got if got.count(n) > 1})
+        details = ([f"missed {n!r}" for n in missing] + [f"reported {n!r}, which it should not" for n in extra]
+                   + [f"reported {n!r} more than once" for n in repeated])
+        if details:
+            fail(title, f"wrong {what} for this {type(model).__name__}", details,
+                 hint="walk every submodule with named_modules() and look at each attribute in vars(module)")
+    found = f"finds all {plural(len(expected), 'name')}" if expected else "finds nothing, as it should,"
+    verdict(title, f"{found} in {type(model).__name__}")
