@@ -344,6 +344,9 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument("--report", type=Path, help="also write the outcomes as JSON to this file")
     cli.add_argument("--log-dir", type=Path, help="where per-student and per-worker logs go (default: a temp folder)")
     cli.add_argument("--quiet", action="store_true", help="no progress line")
+    cli.add_argument("--unsafe-no-sandbox", action="store_true",
+                     help="run student code WITHOUT the bubblewrap sandbox (it can then read the solutions and the "
+                          "gradebook); for a machine without bubblewrap, where grading otherwise refuses to start")
     return cli
 
 
@@ -362,6 +365,15 @@ def main(argv=None) -> int:
         raise SystemExit("grader autograde: --workers must be at least 1")
     # One named student of one assignment needs one worker; otherwise start them all now, before
     # planning, so that their start (nbgrader, ipykernel and torch imports) overlaps the parent's.
+    sandbox = worker_code.load_sibling("sandbox")
+    if args.unsafe_no_sandbox:
+        os.environ[sandbox.UNSAFE_ENV] = "1"  # for the workers too
+        print("grader autograde: WARNING: no sandbox (--unsafe-no-sandbox): student code can read the solutions, "
+              "the gradebook and other students' work", file=sys.stderr)
+    try:
+        sandbox.require()
+    except sandbox.SandboxUnavailable as error:
+        raise SystemExit(f"grader autograde: {error}") from None
     single = args.student and not set("*?[") & set(args.student) and len(assignments) == 1
     workers = 1 if single else args.workers
     threads = args.kernel_threads or max(1, len(os.sched_getaffinity(0)) // workers)
@@ -369,7 +381,7 @@ def main(argv=None) -> int:
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix=f"autograde-{assignments[0]}-"))
     log_dir.mkdir(parents=True, exist_ok=True)
     settings = {"nbgrader_args": nbgrader_args, "assignments": assignments, "warm": args.warm,
-                "log_dir": str(log_dir),
+                "log_dir": str(log_dir), "checked": True,  # no student is handed out before the check passes
                 "preload": None if args.preload is None else [m for m in args.preload.split(",") if m],
                 "thread_env": {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}}
     progress = Progress(title, 0, quiet=args.quiet)
@@ -382,6 +394,7 @@ def main(argv=None) -> int:
         if not any(a.startswith("--log-level") for a in passthrough):
             app.log.setLevel(logging.WARNING)  # nbgrader's per-student INFO lines go to the logs, not here
         app.coursedir.db_url = worker_code.with_busy_timeout(app.coursedir.db_url)
+        _preflight(app, sandbox, quiet=args.quiet)
         tasks, skipped, notebooks, timeout = [], [], {}, 0.0
         for assignment in assignments:
             _check_gradebook(app, assignment)
@@ -418,6 +431,21 @@ def main(argv=None) -> int:
                                            "notebooks": graded_notebooks, "warm": args.warm,
                                            "students": outcomes}, indent=1))
     return 0 if all(o["status"] in ("graded", "skipped") for o in outcomes) else 1
+
+
+def _preflight(app, sandbox, quiet: bool) -> None:
+    """Before grading anyone: the sandbox works, and it shows the kernels this course's grader, nothing of the course."""
+    coursedir = app.coursedir
+    url = coursedir.db_url
+    hidden = [url[len("sqlite:///"):].split("?", 1)[0] if url.startswith("sqlite:///") else ""]
+    hidden += [os.path.join(coursedir.root, folder) for folder in (coursedir.source_directory,
+               coursedir.submitted_directory, coursedir.autograded_directory)]
+    try:
+        line = sandbox.preflight(coursedir.root, secrets=hidden, config_files=app.loaded_config_files)
+    except (sandbox.StartupError, sandbox.SandboxUnavailable) as error:
+        raise SystemExit(f"grader autograde: grading refused: {error}") from None
+    if not quiet:
+        print(f"grader autograde: {line}", file=sys.stderr)
 
 
 def _check_gradebook(app, assignment: str) -> None:

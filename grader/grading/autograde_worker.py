@@ -112,6 +112,12 @@ def _note_cell(cell, cell_index, **_):
     _running["cell"] = cell.metadata.get("nbgrader", {}).get("grade_id") or f"#{cell_index + 1}"
 
 
+def reruns_configured(app) -> bool:
+    """Does the course's configuration re-run the tests (the grading defences' RerunTests)?"""
+    preprocessors = app.config.get("Autograde", {}).get("autograde_preprocessors", [])
+    return any("RerunTests" in getattr(p, "__name__", str(p)) for p in preprocessors)
+
+
 # ---------------------------------------------------------------- one student
 
 class _Records(logging.Handler):
@@ -339,9 +345,11 @@ def main(argv) -> None:
         with lock:
             replies.write(json.dumps(message) + "\n")
 
-    kernels = load_sibling("kernels")
+    kernels, sandbox = load_sibling("kernels"), load_sibling("sandbox")
+    sandbox.checked = bool(settings.get("checked"))  # the parent ran the start-up checks for this run
     kernels.on_launch = lambda pid: reply(event="kernel", pid=pid)  # so the parent can kill it on a hang
-    server = kernels.ForkServer() if settings.get("warm") else None  # imports ipykernel while nbgrader loads
+    # In its sandbox, the server imports ipykernel while nbgrader loads here.
+    server = kernels.ForkServer() if settings.get("warm") else None
     kernels.install(server)
     scratch = Path(tempfile.mkdtemp(prefix="grader-worker-"))
     try:
@@ -357,7 +365,7 @@ def main(argv) -> None:
             for assignment in settings.get("assignments") or [app.coursedir.assignment_id]:
                 app.coursedir.assignment_id = assignment
                 preload += [m for m in kernels.imported_modules(source_notebooks(app)) if m not in preload]
-        server.preload(preload)
+        server.preload(preload, rerun=reruns_configured(app))
     log_dir = Path(settings["log_dir"]) if settings.get("log_dir") else None
     reply(event="ready", pid=os.getpid())
     try:
