@@ -373,7 +373,7 @@ def main(argv=None) -> int:
     try:
         sandbox.require()
     except sandbox.SandboxUnavailable as error:
-        raise SystemExit(f"grader autograde: {error}") from None
+        raise SystemExit(f"grader autograde: grading refused: {error}") from None
     single = args.student and not set("*?[") & set(args.student) and len(assignments) == 1
     workers = 1 if single else args.workers
     threads = args.kernel_threads or max(1, len(os.sched_getaffinity(0)) // workers)

@@ -158,7 +158,7 @@ def require() -> bool:
         return False
     ok, why = available()
     if not ok:
-        raise SandboxUnavailable(f"grading refused: {why}. Student code must run in a sandbox. {INSTALL_HINT}")
+        raise SandboxUnavailable(f"{why}. Student code must run in a sandbox. {INSTALL_HINT}")
     return True
 
 
@@ -371,31 +371,36 @@ def preflight(course_root: str, *, secrets=(), config_files=None, python: str = 
                 if inside(path, folder):
                     raise StartupError(f"the sandbox would show {path} to student code: it lies inside {folder}, "
                                        "which kernels need; move the course folder out of it")
-    argv = [python, "-c", PROBE, config, *secrets]  # none of them may exist inside the sandbox
-    done = None
-    try:
-        done = subprocess.run(box.command(argv) if sandboxed else argv, capture_output=True, text=True, timeout=120,
-                              env=process_env(os.environ))
-        probe = json.loads(done.stdout.strip().splitlines()[-1])
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
-        raise StartupError("a test process in the sandbox failed: "
-                           + (done.stderr.strip()[-500:] if done is not None else "it did not start")) from None
-    if not sandboxed:
-        probe["seen"] = []
-    if probe["seen"]:
-        raise StartupError(f"the sandbox shows {', '.join(probe['seen'])} to student code")
-    imported = probe["grader"] and os.path.realpath(probe["grader"])
-    if imported != str(PACKAGE):
-        raise StartupError(f"kernels would import the grader package from {imported or 'nowhere'}, but the grading "
-                           f"code in use is {PACKAGE}: install one copy in the environment that runs the kernels "
-                           f"({python})")
+    # What the environment's Python imports (a kernel's), then what a sandboxed process sees.
+    environment = _probe([python, "-c", PROBE], "a Python process of the grading environment")
+    imported = environment["grader"] and os.path.realpath(environment["grader"])
     own = os.path.join(course_root, "grader")
     if os.path.exists(os.path.join(own, "__init__.py")) and os.path.realpath(own) != imported:
-        raise StartupError(f"this course has its own grader package ({own}), but kernels would import {imported}: "
-                           f"run `pip install -e {course_root}` in the grading environment, or grade from the course "
-                           f"that {imported} belongs to")
+        raise StartupError(f"this course has its own grader package ({own}), but kernels would import "
+                           f"{imported or 'none'}: run `pip install -e {course_root}` in the grading environment "
+                           f"({python}), or grade from the course that {imported} belongs to")
+    if imported != str(PACKAGE):
+        raise StartupError(f"kernels would import the grader package from {imported or 'nowhere'}, but the grading "
+                           f"code running is {PACKAGE}: run from a folder without another copy of grader/, with one "
+                           f"copy installed in the environment that runs the kernels ({python})")
+    if sandboxed:  # none of these may exist inside the sandbox; the grader package must
+        inside_box = _probe(box.command([python, "-c", PROBE, config, *secrets]), "a process in the sandbox")
+        if inside_box["seen"]:
+            raise StartupError(f"the sandbox shows {', '.join(inside_box['seen'])} to student code")
+        if inside_box["grader"] is None or os.path.realpath(inside_box["grader"]) != imported:
+            raise StartupError(f"the sandbox does not show the grader package {imported} to kernels")
     checked = True
     where = "this course's" if inside(imported, course_root) else "installed, outside the course folder"
     what = (f"{available()[1]}, no network, {box.limits.describe()}" if sandboxed
             else f"OFF ({UNSAFE_ENV} is set): student code can read the solutions and the gradebook")
     return f"sandbox: {what}; kernels import grader from {imported} ({where})"
+
+
+def _probe(argv, what: str) -> dict:
+    done = None
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=process_env(os.environ), cwd="/")
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        raise StartupError(f"{what} failed to start: "
+                           + (done.stderr.strip()[-500:] if done is not None else "it did not run")) from None
