@@ -368,3 +368,19 @@ def test_the_sandbox_shows_neither_the_course_folder_nor_its_parents_contents(tm
     shown = json.loads(done.stdout.replace("'", '"'))
     assert "solutions" not in shown and "nbgrader_config.py" not in shown
     assert set(shown) <= {"grader", ".venv"}, shown
+
+
+def test_a_kernel_forked_after_the_reruns_warm_up_starts_from_torchs_default_random_state(course):
+    """The server imports the re-run's module (which runs torch's lazy initialisation) before forking kernels."""
+    server = kernels.ForkServer()
+    server.preload(["torch"], rerun=True)
+    kernels.install(server)
+    try:
+        forked, = run_cells(course["mine"], "import json, torch\nprint(json.dumps(torch.rand(4).tolist()))")
+        assert (server.forked, server.fallbacks, server.problem) == (1, 0, "")
+    finally:
+        kernels.uninstall()
+        server.close()
+    fresh = subprocess.run([sys.executable, "-c", "import json, torch; print(json.dumps(torch.rand(4).tolist()))"],
+                           capture_output=True, text=True, check=True).stdout
+    assert forked == json.loads(fresh)
