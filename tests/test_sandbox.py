@@ -370,17 +370,19 @@ def test_the_sandbox_shows_neither_the_course_folder_nor_its_parents_contents(tm
     assert set(shown) <= {"grader", ".venv"}, shown
 
 
-def test_a_kernel_forked_after_the_reruns_warm_up_starts_from_torchs_default_random_state(course):
-    """The server imports the re-run's module (which runs torch's lazy initialisation) before forking kernels."""
+def test_forked_kernels_seed_torch_afresh_as_new_processes_do(course):
+    """torch 2.13 seeds its default generator from the OS in every process; forked kernels must not share a seed."""
+    seed = "import json, torch\nprint(json.dumps(torch.initial_seed()))"
+    fresh = {subprocess.run([sys.executable, "-c", seed.replace("\n", "; ")], capture_output=True, text=True,
+                            check=True).stdout for _ in range(2)}
+    assert len(fresh) == 2  # the control: two new processes
     server = kernels.ForkServer()
     server.preload(["torch"], rerun=True)
     kernels.install(server)
     try:
-        forked, = run_cells(course["mine"], "import json, torch\nprint(json.dumps(torch.rand(4).tolist()))")
-        assert (server.forked, server.fallbacks, server.problem) == (1, 0, "")
+        forked = [run_cells(course["mine"], seed)[0] for _ in range(2)]
+        assert (server.forked, server.fallbacks, server.problem) == (2, 0, "")
     finally:
         kernels.uninstall()
         server.close()
-    fresh = subprocess.run([sys.executable, "-c", "import json, torch; print(json.dumps(torch.rand(4).tolist()))"],
-                           capture_output=True, text=True, check=True).stdout
-    assert forked == json.loads(fresh)
+    assert forked[0] != forked[1]

@@ -85,13 +85,20 @@ def _preload(names, rerun: bool) -> dict:
 
 
 def _import_rerun() -> None:
-    """The re-run's module warms torch up (and takes its integrity watch) at import; the kernels forked
-    afterwards must still start from torch's default random state."""
-    torch = sys.modules.get("torch")
-    state = torch.get_rng_state() if torch is not None else None
+    """The re-run's module warms torch up and takes its integrity watch at import."""
     importlib.import_module(RERUN_MODULE)
-    if state is not None:
-        torch.set_rng_state(state)
+
+
+def _reseed() -> None:
+    """A forked child starts with its server's random state: seed it afresh, as a new process seeds itself
+    (`random` reseeds itself after a fork; numpy's global state does not, nor torch's default generator,
+    which torch 2.13 seeds from the OS in every new process)."""
+    numpy_random = sys.modules.get("numpy.random")
+    if numpy_random is not None:
+        numpy_random.seed()
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.seed()
 
 
 class _Server:
@@ -236,9 +243,7 @@ def _become_kernel(channel_fd: int, request: dict, base_path: list[str]) -> None
         os.environ["JPY_PARENT_PID"] = str(os.getppid())
         sys.argv = [importlib.util.find_spec("ipykernel_launcher").origin, *request["argv"]]
         sys.path[:] = base_path
-        numpy_random = sys.modules.get("numpy.random")
-        if numpy_random is not None:  # `random` reseeds itself after fork; numpy's global state does not
-            numpy_random.seed()
+        _reseed()
         from ipykernel import kernelapp
 
         # IPKernelApp read JPY_PARENT_PID when the server imported it: pass the value a kernel would read
@@ -283,6 +288,7 @@ def _become_rerun(channel_fd: int, job_fd: int, report_fd: int) -> None:
         os.environ.update(job.pop("env"))
         job["key"] = key
         del key
+        _reseed()
         sys.modules[RERUN_MODULE].serve(job, _Channel(report_fd))
     except BaseException:
         traceback.print_exc()
