@@ -128,6 +128,7 @@ open("mine.txt", "w").write("ok")
 handle, found["temp file"] = tempfile.mkstemp()
 found["uid"] = os.getuid()
 found["dumpable"] = ctypes.CDLL(None).prctl(3, 0, 0, 0, 0)  # PR_GET_DUMPABLE
+found["output"] = [os.readlink(f"/proc/self/fd/{{fd}}").split(":")[0] for fd in (1, 2)]
 print(json.dumps(found))
 '''
 
@@ -173,6 +174,7 @@ def test_a_sandboxed_kernel_reaches_nothing_of_the_course_and_no_network(launch,
     assert not found["temp file"].startswith(str(course["root"]))
     assert found["uid"] != 0 or os.geteuid() != 0
     assert found["dumpable"] == 1  # a kernel is dumpable, as a fresh process (the control for the re-run's 0)
+    assert found["output"] == ["pipe", "pipe"]  # not the grader's log file, which /proc/self/fd would reopen
 
 
 def test_the_memory_and_process_limits_hold(launch, course):

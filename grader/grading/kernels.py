@@ -210,8 +210,10 @@ def _provisioner_class():
                 if self.workspace.sandboxed:
                     box = sibling("sandbox").Sandbox(writable=(self.workspace.path,), uid=self.workspace.uid)
                     cmd = box.command(cmd, chdir=kwargs["cwd"])
+                    kwargs.update(stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
                 info = await super().launch_kernel(cmd, **kwargs)
                 if self.workspace.sandboxed:
+                    _forkserver.relay(self.process.stdout.fileno())
                     self.process = self.launched = SandboxedProcess(self.process)
                 host = self.pid
             last_kernel = self.process
