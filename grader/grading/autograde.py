@@ -86,18 +86,30 @@ def default_student_timeout(app, notebooks: list[Path]) -> float:
 # ---------------------------------------------------------------- workers
 
 class Worker:
-    """A worker process and the task (assignment, student) it is grading."""
+    """A worker process and the task (assignment, student) it is grading.
 
-    def __init__(self, index: int, settings: dict, env: dict, log_path: Path, events: queue.Queue):
+    Started as its own process, or (`fork_from`) forked from this one once it has imported nbgrader,
+    with a warm server this process started: the worker then skips nbgrader's imports (about 3 s of
+    CPU each) and finds its server already importing torch.
+    """
+
+    def __init__(self, index: int, settings: dict, env: dict, log_path: Path, events: queue.Queue, *,
+                 fork_from=None):
         self.index, self.log_path = index, log_path
         self.log = open(log_path, "ab")
-        self.process = subprocess.Popen(worker_code.command(settings), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=self.log, env=env, start_new_session=True)
+        if fork_from is not None:
+            self.process = _ForkedWorker(settings, env, self.log, *fork_from)  # (server, others, siblings)
+        else:
+            self.process = subprocess.Popen(worker_code.command(settings), stdin=subprocess.PIPE,
+                                            stdout=subprocess.PIPE, stderr=self.log, env=env, start_new_session=True)
         self.ready = False
         self.task: tuple[str, str] | None = None
         self.kernels: list[int] = []  # kernels started for the current task
         self.started = 0.0
-        threading.Thread(target=self._read, args=(events,), daemon=True).start()
+        self.events = events
+
+    def begin(self) -> None:
+        threading.Thread(target=self._read, args=(self.events,), daemon=True).start()
 
     def _read(self, events: queue.Queue) -> None:
         for line in self.process.stdout:
@@ -136,6 +148,50 @@ class Worker:
             return "\n".join(self.log_path.read_text(errors="replace").strip().splitlines()[-lines:])
         except OSError:
             return ""
+
+
+class _ForkedWorker:
+    """A worker forked from this process, with the parts of subprocess.Popen that Worker uses."""
+
+    def __init__(self, settings: dict, env: dict, log, server, others, siblings):
+        stdin_read, stdin_write = os.pipe()
+        stdout_read, stdout_write = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.pid = os.fork()
+        if self.pid == 0:
+            try:
+                os.close(stdin_write)
+                os.close(stdout_read)
+                for other in others:  # the other workers' servers are theirs alone
+                    other.release()
+                for sibling in siblings:  # and so are their pipes: a worker ends at its stdin's EOF
+                    for stream in (sibling.process.stdin, sibling.process.stdout, sibling.log):
+                        stream.close()
+                os.environ.clear()
+                os.environ.update(env)
+                worker_code.run_forked(settings, server, stdin_read, stdout_write, os.dup(log.fileno()))
+            finally:
+                os._exit(1)
+        os.close(stdin_read)
+        os.close(stdout_write)
+        self.stdin, self.stdout = os.fdopen(stdin_write, "wb"), os.fdopen(stdout_read, "rb")
+        self.returncode = None
+
+    def poll(self):
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout=None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired("grading worker", timeout)
+            time.sleep(0.05)
+        return self.returncode
 
 
 class Progress:
@@ -180,8 +236,8 @@ def _duration(seconds: float) -> str:
 
 
 class Pool:
-    """Worker processes, started early (they load nbgrader and warm their kernels while the parent
-    plans), then fed one student at a time."""
+    """Worker processes, forked once the parent has loaded nbgrader and planned (each with a warm server the
+    parent started first), then fed one student at a time; a worker that dies is replaced by a new process."""
 
     def __init__(self, settings: dict, log_dir: Path, progress: Progress):
         self.settings, self.log_dir, self.progress = settings, log_dir, progress
@@ -194,15 +250,28 @@ class Pool:
         self.started = 0
 
     def start(self, count: int = 1) -> None:
+        """Start workers as processes of their own (each loads nbgrader and starts its warm server)."""
         for _ in range(count):
             self.started += 1
-            self.members.append(Worker(self.started, self.settings, self.env,
-                                       self.log_dir / f"worker-{self.started}.log", self.events))
+            member = Worker(self.started, self.settings, self.env, self.log_dir / f"worker-{self.started}.log",
+                            self.events)
+            self.members.append(member)
+            member.begin()
 
-    def shrink(self, count: int) -> None:
-        """Keep at most `count` workers (there are fewer students than workers)."""
-        while len(self.members) > count:
-            self.members.pop().stop()
+    def fork(self, servers: list) -> None:
+        """Fork one worker per server (or per None: cold kernels) from this process, which must have no thread."""
+        forked = []
+        for index, server in enumerate(servers):
+            self.started += 1
+            others = [s for i, s in enumerate(servers) if i != index and s is not None]
+            forked.append(Worker(self.started, self.settings, self.env, self.log_dir / f"worker-{self.started}.log",
+                                 self.events, fork_from=(server, others, self.members + forked)))
+        for server in servers:
+            if server is not None:
+                server.release()
+        for member in forked:
+            self.members.append(member)
+            member.begin()
 
     def close(self, app) -> None:
         for member in self.members:
@@ -363,8 +432,6 @@ def main(argv=None) -> int:
         nbgrader_args.append("--force")
     if args.workers < 1:
         raise SystemExit("grader autograde: --workers must be at least 1")
-    # One named student of one assignment needs one worker; otherwise start them all now, before
-    # planning, so that their start (nbgrader, ipykernel and torch imports) overlaps the parent's.
     sandbox = worker_code.load_sibling("sandbox")
     if args.unsafe_no_sandbox:
         os.environ[sandbox.UNSAFE_ENV] = "1"  # for the workers too
@@ -374,6 +441,7 @@ def main(argv=None) -> int:
         sandbox.require()
     except sandbox.SandboxUnavailable as error:
         raise SystemExit(f"grader autograde: grading refused: {error}") from None
+    # One named student of one assignment needs one worker.
     single = args.student and not set("*?[") & set(args.student) and len(assignments) == 1
     workers = 1 if single else args.workers
     threads = args.kernel_threads or max(1, len(os.sched_getaffinity(0)) // workers)
@@ -387,9 +455,14 @@ def main(argv=None) -> int:
     progress = Progress(title, 0, quiet=args.quiet)
     pool = Pool(settings, log_dir, progress)
     started = time.monotonic()
-    app = None
+    app, servers = None, []
     try:
-        pool.start(workers)
+        if args.warm:  # the warm servers start now, in their sandboxes, while this process loads nbgrader
+            kernels = worker_code.load_sibling("kernels")
+            servers = [kernels.ForkServer(adopt=False) for _ in range(workers)]
+            if _reruns_hinted():
+                for server in servers:
+                    server.preload([], rerun=True)
         app = worker_code.nbgrader_app(nbgrader_args)
         if not any(a.startswith("--log-level") for a in passthrough):
             app.log.setLevel(logging.WARNING)  # nbgrader's per-student INFO lines go to the logs, not here
@@ -407,9 +480,21 @@ def main(argv=None) -> int:
             timeout = max(timeout, default_student_timeout(app, notebooks[assignment]))
         if not tasks and not skipped:
             return 1
-        pool.shrink(min(workers, len(tasks)))
         progress.total = len(tasks)
-        outcomes = pool.run(app, tasks, args.student_timeout or timeout) if tasks else []
+        outcomes = []
+        if tasks:
+            used = min(workers, len(tasks))
+            for server in servers[used:]:
+                server.release()
+            if servers:
+                modules = worker_code.preload_modules(app, settings)
+                for server in servers[:used]:
+                    server.preload(modules, rerun=worker_code.reruns_configured(app))
+            if threading.active_count() == 1:  # fork the workers: they skip nbgrader's imports
+                pool.fork(servers[:used] or [None] * used)
+            else:
+                pool.start(used)
+            outcomes = pool.run(app, tasks, args.student_timeout or timeout)
     except KeyboardInterrupt:
         progress.close()
         print("grader autograde: interrupted; students in progress were left ungraded (run again to resume)",
@@ -417,6 +502,9 @@ def main(argv=None) -> int:
         return 130
     finally:
         pool.close(app)
+        for server in servers:
+            server.release()
+            server.close()  # its worker closed the channel: the server has ended, or ends now
     progress.close()
     wall = time.monotonic() - started
     outcomes += [{"assignment": a, "student": s, "status": "skipped", "score": None, "max_score": None,
@@ -431,6 +519,15 @@ def main(argv=None) -> int:
                                            "notebooks": graded_notebooks, "warm": args.warm,
                                            "students": outcomes}, indent=1))
     return 0 if all(o["status"] in ("graded", "skipped") for o in outcomes) else 1
+
+
+def _reruns_hinted() -> bool:
+    """A guess, before nbgrader is loaded, that the course's configuration re-runs the tests: the warm servers
+    can then start importing torch, the grader and the re-run at once (a wrong guess costs that import)."""
+    try:
+        return "RerunTests" in Path("nbgrader_config.py").read_text()
+    except OSError:
+        return False
 
 
 def _preflight(app, sandbox, quiet: bool) -> None:

@@ -112,6 +112,19 @@ def _note_cell(cell, cell_index, **_):
     _running["cell"] = cell.metadata.get("nbgrader", {}).get("grade_id") or f"#{cell_index + 1}"
 
 
+def preload_modules(app, settings: dict) -> list[str]:
+    """What the warm server imports: --preload, or what the notebooks of every assignment to grade import."""
+    kernels = load_sibling("kernels")
+    if settings.get("preload") is not None:
+        return list(settings["preload"])
+    found, current = [], app.coursedir.assignment_id
+    for assignment in settings.get("assignments") or [current]:
+        app.coursedir.assignment_id = assignment
+        found += [m for m in kernels.imported_modules(source_notebooks(app)) if m not in found]
+    app.coursedir.assignment_id = current
+    return found
+
+
 def reruns_configured(app) -> bool:
     """Does the course's configuration re-run the tests (the grading defences' RerunTests)?"""
     preprocessors = app.config.get("Autograde", {}).get("autograde_preprocessors", [])
@@ -334,7 +347,36 @@ def _cell_notes(app, student: str) -> list[str]:
 # ---------------------------------------------------------------- the worker process
 
 def main(argv) -> None:
-    settings = json.loads(argv[0])
+    """A worker started as its own process (`command`)."""
+    run(json.loads(argv[0]))
+
+
+def run_forked(settings: dict, server, stdin_fd: int, stdout_fd: int, log_fd: int) -> None:
+    """A worker forked by the parent, which has imported nbgrader already and started `server` (its preload
+    queued): take the protocol's pipes and the log, then grade; never returns."""
+    code = 1
+    try:
+        os.setsid()  # its own process group, as a worker the parent starts with start_new_session
+        for fd, target in ((stdin_fd, 0), (stdout_fd, 1), (log_fd, 2)):
+            os.dup2(fd, target)
+            os.close(fd)
+        sys.stdin = open(0, closefd=False)
+        if server is not None:
+            server.adopt()
+        run(settings, server)
+        code = 0
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(BaseException):
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def run(settings: dict, server=None) -> None:
+    """Load nbgrader as `nbgrader autograde` would, then grade each student the parent sends on stdin."""
     replies = io.TextIOWrapper(os.fdopen(os.dup(1), "wb"), line_buffering=True)
     os.dup2(2, 1)  # stray prints (nbgrader, kernels) go to the log, never into the protocol
     sys.stdout = sys.stderr
@@ -348,8 +390,9 @@ def main(argv) -> None:
     kernels, sandbox = load_sibling("kernels"), load_sibling("sandbox")
     sandbox.checked = bool(settings.get("checked"))  # the parent ran the start-up checks for this run
     kernels.on_launch = lambda pid: reply(event="kernel", pid=pid)  # so the parent can kill it on a hang
-    # In its sandbox, the server imports ipykernel while nbgrader loads here.
-    server = kernels.ForkServer() if settings.get("warm") else None
+    preloaded = server is not None  # the parent queued what to preload
+    if server is None and settings.get("warm"):
+        server = kernels.ForkServer()  # in its sandbox, the server imports ipykernel while nbgrader loads here
     kernels.install(server)
     scratch = Path(tempfile.mkdtemp(prefix="grader-worker-"))
     try:
@@ -358,14 +401,8 @@ def main(argv) -> None:
     except BaseException as error:
         reply(event="broken", reason=_short(f"{type(error).__name__}: {error}", 400))
         raise
-    if server is not None:
-        preload = settings.get("preload")
-        if preload is None:  # what the notebooks of every assignment to grade import
-            preload = []
-            for assignment in settings.get("assignments") or [app.coursedir.assignment_id]:
-                app.coursedir.assignment_id = assignment
-                preload += [m for m in kernels.imported_modules(source_notebooks(app)) if m not in preload]
-        server.preload(preload, rerun=reruns_configured(app))
+    if server is not None and not preloaded:
+        server.preload(preload_modules(app, settings), rerun=reruns_configured(app))
     log_dir = Path(settings["log_dir"]) if settings.get("log_dir") else None
     reply(event="ready", pid=os.getpid())
     try:

@@ -300,12 +300,14 @@ def _become_rerun(channel_fd: int, job_fd: int, report_fd: int) -> None:
 class ForkServer:
     """A running fork server, in its sandbox unless the instructor switched the sandbox off; `close()` stops it.
 
-    It starts importing ipykernel at once (with kernels=True); `preload(modules)` adds the assignment's
-    modules in the background. Kernels and re-runs are forked only after both.
+    It starts importing ipykernel at once (with kernels=True); `preload(modules)` queues the assignment's
+    modules, which it imports while the caller goes on. Kernels and re-runs are forked only after both.
+    A server started by one process can be handed to a child it forks: the child calls `adopt()`, the
+    parent `release()`.
     """
 
     def __init__(self, env=None, python=sys.executable, *, kernels: bool = True, rerun: bool = False,
-                 sandboxed: bool | None = None, readonly=()):
+                 sandboxed: bool | None = None, readonly=(), adopt: bool = True):
         sandbox = _sandbox()
         self.python, self.rerun_ready = python, rerun
         self.sandboxed = sandbox.require() if sandboxed is None else sandboxed
@@ -323,58 +325,65 @@ class ForkServer:
         self.process = subprocess.Popen(argv, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=environment,
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         theirs.close()
-        relay(self.process.stdout.fileno())
         self.info: dict = {}
         self.problem = ""  # why kernels are started the normal way, if they are
         self.forked = self.fallbacks = 0
-        self._started = False
-        self._preloading: threading.Thread | None = None
+        self._started, self._pending = False, 0
         self._lock = threading.Lock()
         self._host_pid: int | None = None
+        if adopt:
+            self.adopt()
 
-    def _wait_started(self, timeout: float) -> None:
-        with self._lock:
-            if self._started:
-                return
-            readable, _, _ = select.select([self._channel], [], [], timeout)
-            try:
-                self.info.update(json.loads(self._channel.recv(1 << 16) if readable else b""))
-            except (OSError, ValueError):
-                self.problem = self.problem or f"the fork server did not start (exit code {self.process.poll()})"
-            self._started = True
+    def adopt(self) -> None:
+        """This process talks to the server from now on: its output goes to this process's stderr."""
+        relay(self.process.stdout.fileno())
+
+    def release(self) -> None:
+        """After handing the server to a forked child: this process keeps nothing of it but the bwrap to reap."""
+        with contextlib.suppress(OSError):
+            self._channel.close()
+            self.process.stdout.close()
+
+    def _receive(self, timeout) -> dict:
+        readable, _, _ = select.select([self._channel], [], [], timeout)
+        message = self._channel.recv(1 << 20) if readable else b""
+        if not message:
+            raise RuntimeError(f"the fork server gave no answer (exit code {self.process.poll()})")
+        return json.loads(message)
+
+    def _drain(self, timeout: float) -> None:
+        """Read what the server owes: its start message, then the replies to the queued preloads."""
+        try:
+            if not self._started:
+                self._started = True
+                self.info.update(self._receive(timeout))
+            while self._pending:
+                self._pending -= 1
+                self.info.update(self._receive(timeout))
+                self.problem = self.problem or self.info.get("unsafe", "") or self.info.get("error", "")
+        except (OSError, ValueError, RuntimeError) as error:
+            self.problem = self.problem or f"the fork server failed: {error}"
 
     def preload(self, modules, rerun: bool | None = None) -> None:
-        """Import these modules (and the re-run's, with rerun=True) in the server, in a background thread."""
+        """Queue an import of these modules (and of the re-run's, with rerun=True) in the server."""
         self.rerun_ready = self.rerun_ready if rerun is None else rerun
-
-        def run():
-            self._wait_started(120)
-            if self.problem:
-                return
-            try:
-                self.info.update(self._request(op="preload", modules=list(modules), rerun=self.rerun_ready))
-            except (OSError, ValueError, RuntimeError) as error:
-                self.info["unsafe"] = f"preloading failed: {error}"
-            self.problem = self.info.get("unsafe", "")
-
-        self._preloading = threading.Thread(target=run, daemon=True)
-        self._preloading.start()
+        with self._lock:
+            with contextlib.suppress(OSError):
+                self._channel.send(json.dumps({"op": "preload", "modules": list(modules),
+                                               "rerun": self.rerun_ready}).encode())
+                self._pending += 1
 
     def wait_ready(self, timeout: float = 300) -> bool:
         """Block until the server can fork; False (see `problem`) when it cannot."""
-        if self._preloading is not None:
-            self._preloading.join(timeout)
-        self._wait_started(timeout)
+        with self._lock:
+            self._drain(timeout)
         return not self.problem
 
     def _request(self, fds=(), **request) -> dict:
         with self._lock:
+            self._drain(300)
             socket.send_fds(self._channel, [json.dumps(request).encode()], list(fds))
-            readable, _, _ = select.select([self._channel], [], [], None if request["op"] == "preload" else 60)
-            line = self._channel.recv(1 << 20) if readable else b""
-        if not line:
-            raise RuntimeError(f"the fork server gave no answer to {request['op']} (exit code {self.process.poll()})")
-        reply = json.loads(line)
+            reply = self._receive(60)
         if "error" in reply:
             raise RuntimeError(reply["error"])
         return reply
@@ -414,14 +423,22 @@ class ForkServer:
         return next((p for p in children(self._host_pid or -1) if ns_pids(p)[-1:] == [pid]), None)
 
     def close(self) -> None:
+        """Stop the server (it ends at the channel's EOF, killing what it forked) and remove its folder."""
         with contextlib.suppress(OSError):
             self._channel.close()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process.returncode is None and _is_child(self.process.pid):  # else its parent reaps it
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _is_child(pid: int) -> bool:
+    with contextlib.suppress(OSError, ValueError):
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) == os.getpid()
+    return False
 
 
 def relay(fd: int) -> None:
