@@ -98,7 +98,7 @@ class Worker:
         self.index, self.log_path = index, log_path
         self.log = open(log_path, "ab")
         if fork_from is not None:
-            self.process = _ForkedWorker(settings, env, self.log, *fork_from)  # (server, others, siblings)
+            self.process = worker_code.ForkedWorker(settings, env, self.log, *fork_from)  # (server, others, siblings)
         else:
             self.process = subprocess.Popen(worker_code.command(settings), stdin=subprocess.PIPE,
                                             stdout=subprocess.PIPE, stderr=self.log, env=env, start_new_session=True)
@@ -148,50 +148,6 @@ class Worker:
             return "\n".join(self.log_path.read_text(errors="replace").strip().splitlines()[-lines:])
         except OSError:
             return ""
-
-
-class _ForkedWorker:
-    """A worker forked from this process, with the parts of subprocess.Popen that Worker uses."""
-
-    def __init__(self, settings: dict, env: dict, log, server, others, siblings):
-        stdin_read, stdin_write = os.pipe()
-        stdout_read, stdout_write = os.pipe()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        self.pid = os.fork()
-        if self.pid == 0:
-            try:
-                os.close(stdin_write)
-                os.close(stdout_read)
-                for other in others:  # the other workers' servers are theirs alone
-                    other.release()
-                for sibling in siblings:  # and so are their pipes: a worker ends at its stdin's EOF
-                    for stream in (sibling.process.stdin, sibling.process.stdout, sibling.log):
-                        stream.close()
-                os.environ.clear()
-                os.environ.update(env)
-                worker_code.run_forked(settings, server, stdin_read, stdout_write, os.dup(log.fileno()))
-            finally:
-                os._exit(1)
-        os.close(stdin_read)
-        os.close(stdout_write)
-        self.stdin, self.stdout = os.fdopen(stdin_write, "wb"), os.fdopen(stdout_read, "rb")
-        self.returncode = None
-
-    def poll(self):
-        if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-    def wait(self, timeout=None):
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.poll() is None:
-            if deadline is not None and time.monotonic() > deadline:
-                raise subprocess.TimeoutExpired("grading worker", timeout)
-            time.sleep(0.05)
-        return self.returncode
 
 
 class Progress:
@@ -460,7 +416,7 @@ def main(argv=None) -> int:
         if args.warm:  # the warm servers start now, in their sandboxes, while this process loads nbgrader
             kernels = worker_code.load_sibling("kernels")
             servers = [kernels.ForkServer(adopt=False) for _ in range(workers)]
-            if _reruns_hinted():
+            if worker_code.reruns_hinted():
                 for server in servers:
                     server.preload([], rerun=True)
         app = worker_code.nbgrader_app(nbgrader_args)
@@ -519,15 +475,6 @@ def main(argv=None) -> int:
                                            "notebooks": graded_notebooks, "warm": args.warm,
                                            "students": outcomes}, indent=1))
     return 0 if all(o["status"] in ("graded", "skipped") for o in outcomes) else 1
-
-
-def _reruns_hinted() -> bool:
-    """A guess, before nbgrader is loaded, that the course's configuration re-runs the tests: the warm servers
-    can then start importing torch, the grader and the re-run at once (a wrong guess costs that import)."""
-    try:
-        return "RerunTests" in Path("nbgrader_config.py").read_text()
-    except OSError:
-        return False
 
 
 def _preflight(app, sandbox, quiet: bool) -> None:

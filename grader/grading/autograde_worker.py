@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -129,6 +130,16 @@ def reruns_configured(app) -> bool:
     """Does the course's configuration re-run the tests (the grading defences' RerunTests)?"""
     preprocessors = app.config.get("Autograde", {}).get("autograde_preprocessors", [])
     return any("RerunTests" in getattr(p, "__name__", str(p)) for p in preprocessors)
+
+
+def reruns_hinted() -> bool:
+    """A guess, before nbgrader is loaded, that the course's configuration re-runs the tests: the warm servers
+    can then start importing torch, the grader and the re-run at once (a wrong guess costs that import)."""
+    try:
+        return "RerunTests" in Path("nbgrader_config.py").read_text()
+    except OSError:
+        return False
+
 
 
 # ---------------------------------------------------------------- one student
@@ -426,3 +437,47 @@ def run(settings: dict, server=None) -> None:
         if server is not None:
             server.close()
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+class ForkedWorker:
+    """A worker forked from this process, with the parts of subprocess.Popen that Worker uses."""
+
+    def __init__(self, settings: dict, env: dict, log, server, others, siblings):
+        stdin_read, stdin_write = os.pipe()
+        stdout_read, stdout_write = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.pid = os.fork()
+        if self.pid == 0:
+            try:
+                os.close(stdin_write)
+                os.close(stdout_read)
+                for other in others:  # the other workers' servers are theirs alone
+                    other.release()
+                for sibling in siblings:  # and so are their pipes: a worker ends at its stdin's EOF
+                    for stream in (sibling.process.stdin, sibling.process.stdout, sibling.log):
+                        stream.close()
+                os.environ.clear()
+                os.environ.update(env)
+                run_forked(settings, server, stdin_read, stdout_write, os.dup(log.fileno()))
+            finally:
+                os._exit(1)
+        os.close(stdin_read)
+        os.close(stdout_write)
+        self.stdin, self.stdout = os.fdopen(stdin_write, "wb"), os.fdopen(stdout_read, "rb")
+        self.returncode = None
+
+    def poll(self):
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout=None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired("grading worker", timeout)
+            time.sleep(0.05)
+        return self.returncode

@@ -336,7 +336,7 @@ class ForkServer:
 
     def adopt(self) -> None:
         """This process talks to the server from now on: its output goes to this process's stderr."""
-        relay(self.process.stdout.fileno())
+        _sandbox().relay(self.process.stdout.fileno())
 
     def release(self) -> None:
         """After handing the server to a forked child: this process keeps nothing of it but the bwrap to reap."""
@@ -419,65 +419,20 @@ class ForkServer:
         if not self.sandboxed:
             return pid
         if self._host_pid is None:
-            self._host_pid = next((p for p in children(self.process.pid) if ns_pids(p)[-1:] == [1]), None)
-        return next((p for p in children(self._host_pid or -1) if ns_pids(p)[-1:] == [pid]), None)
+            self._host_pid = next((p for p in _sandbox().children(self.process.pid) if _sandbox().ns_pids(p)[-1:] == [1]), None)
+        return next((p for p in _sandbox().children(self._host_pid or -1) if _sandbox().ns_pids(p)[-1:] == [pid]), None)
 
     def close(self) -> None:
         """Stop the server (it ends at the channel's EOF, killing what it forked) and remove its folder."""
         with contextlib.suppress(OSError):
             self._channel.close()
-        if self.process.returncode is None and _is_child(self.process.pid):  # else its parent reaps it
+        if self.process.returncode is None and _sandbox().is_child(self.process.pid):  # else its parent reaps it
             try:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
         shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def _is_child(pid: int) -> bool:
-    with contextlib.suppress(OSError, ValueError):
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) == os.getpid()
-    return False
-
-
-def relay(fd: int) -> None:
-    """Copy what sandboxed processes print to this process's stderr (the worker's log), through a pipe: handed
-    the log file itself, they could open it again through /proc/self/fd and read other students' lines."""
-    fd = os.dup(fd)
-
-    def run():
-        with contextlib.suppress(OSError):
-            while chunk := os.read(fd, 1 << 16):
-                os.write(2, chunk)
-        os.close(fd)
-
-    threading.Thread(target=run, daemon=True, name="sandbox output").start()
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    with contextlib.suppress(OSError):
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(OSError):
-                found += [int(p) for p in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
-    return found
-
-
-def descendants(pid: int) -> list[int]:
-    found = children(pid)
-    for child in list(found):
-        found += descendants(child)
-    return found
-
-
-def ns_pids(pid: int) -> list[int]:
-    """A process's pid in each PID namespace it is in, outermost first."""
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("NSpid:"):
-                return [int(p) for p in line.split()[1:]]
-    return []
 
 
 class ForkedProcess:

@@ -106,7 +106,7 @@ class SandboxedProcess:
 
     def kernel_pid(self) -> int | None:
         """The kernel's pid on this machine: the process that is pid 2 of the sandbox (bwrap's init is 1)."""
-        return next((p for p in _forkserver.descendants(self.popen.pid) if _forkserver.ns_pids(p)[-1:] == [2]), None)
+        return next((p for p in sibling("sandbox").descendants(self.popen.pid) if sibling("sandbox").ns_pids(p)[-1:] == [2]), None)
 
 
 _server: ForkServer | None = None
@@ -213,7 +213,7 @@ def _provisioner_class():
                     kwargs.update(stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
                 info = await super().launch_kernel(cmd, **kwargs)
                 if self.workspace.sandboxed:
-                    _forkserver.relay(self.process.stdout.fileno())
+                    sibling("sandbox").relay(self.process.stdout.fileno())
                     self.process = self.launched = SandboxedProcess(self.process)
                 host = self.pid
             last_kernel = self.process

@@ -27,6 +27,7 @@ unless the instructor sets GRADER_UNSAFE_NO_SANDBOX=1 (or passes ``--unsafe-no-s
 This module imports only the standard library: workers and nbgrader's process load it by path.
 """
 
+import contextlib
 import functools
 import itertools
 import json
@@ -38,6 +39,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -280,6 +282,53 @@ def process_env(env, workspace=None) -> dict:
     else:
         kept.update(HOME="/tmp", TMPDIR="/tmp")
     return kept
+
+
+# ---------------------------------------------------------------- processes in sandboxes
+
+def is_child(pid: int) -> bool:
+    with contextlib.suppress(OSError, ValueError):
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) == os.getpid()
+    return False
+
+
+def relay(fd: int) -> None:
+    """Copy what sandboxed processes print to this process's stderr (the worker's log), through a pipe: handed
+    the log file itself, they could open it again through /proc/self/fd and read other students' lines."""
+    fd = os.dup(fd)
+
+    def run():
+        with contextlib.suppress(OSError):
+            while chunk := os.read(fd, 1 << 16):
+                os.write(2, chunk)
+        os.close(fd)
+
+    threading.Thread(target=run, daemon=True, name="sandbox output").start()
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                found += [int(p) for p in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    found = children(pid)
+    for child in list(found):
+        found += descendants(child)
+    return found
+
+
+def ns_pids(pid: int) -> list[int]:
+    """A process's pid in each PID namespace it is in, outermost first."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("NSpid:"):
+                return [int(p) for p in line.split()[1:]]
+    return []
 
 
 # ---------------------------------------------------------------- one notebook's folders
