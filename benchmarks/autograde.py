@@ -205,7 +205,8 @@ def measure(students: int, assignments: list[str], args) -> tuple[list[str], boo
     lines = [f"\n{students} students per assignment: {notebooks} notebooks ({len(assignments)} assignments), "
              f"{cores} cores, {args.workers} workers, {calls}, sandbox on; {after} at the end"]
     if not args.one_call:
-        lines.append(f"{'call (wall)':<26}" + "".join(f"{NAMES[w].strip()[:22]:>24}" for w in ways) + f"{'speed-up':>10}")
+        lines.append(f"{'call (wall)':<26}" + "".join(f"{NAMES[w].strip()[:22]:>24}" for w in ways)
+                     + f"{'speed-up':>10}")
         for assignment in assignments:
             stock = ways["stock"][1][assignment]
             lines.append(f"{assignment:<26}" + "".join(f"{ways[w][1][assignment]:>23.1f}s" for w in ways)

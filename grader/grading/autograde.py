@@ -478,7 +478,7 @@ def main(argv=None) -> int:
 
 
 def _preflight(app, sandbox, quiet: bool) -> None:
-    """Before grading anyone: the sandbox works, and it shows the kernels this course's grader, nothing of the course."""
+    """Before grading anyone: the sandbox works, and shows kernels this course's grader, nothing of the course."""
     coursedir = app.coursedir
     url = coursedir.db_url
     hidden = [url[len("sqlite:///"):].split("?", 1)[0] if url.startswith("sqlite:///") else ""]

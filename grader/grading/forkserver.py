@@ -418,9 +418,10 @@ class ForkServer:
         """The pid this machine knows a child by (its pid in the sandbox differs), or None."""
         if not self.sandboxed:
             return pid
+        sandbox = _sandbox()
         if self._host_pid is None:
-            self._host_pid = next((p for p in _sandbox().children(self.process.pid) if _sandbox().ns_pids(p)[-1:] == [1]), None)
-        return next((p for p in _sandbox().children(self._host_pid or -1) if _sandbox().ns_pids(p)[-1:] == [pid]), None)
+            self._host_pid = next((p for p in sandbox.children(self.process.pid) if sandbox.ns_pids(p)[-1:] == [1]), None)
+        return next((p for p in sandbox.children(self._host_pid or -1) if sandbox.ns_pids(p)[-1:] == [pid]), None)
 
     def close(self) -> None:
         """Stop the server (it ends at the channel's EOF, killing what it forked) and remove its folder."""

@@ -106,7 +106,8 @@ class SandboxedProcess:
 
     def kernel_pid(self) -> int | None:
         """The kernel's pid on this machine: the process that is pid 2 of the sandbox (bwrap's init is 1)."""
-        return next((p for p in sibling("sandbox").descendants(self.popen.pid) if sibling("sandbox").ns_pids(p)[-1:] == [2]), None)
+        sandbox = sibling("sandbox")
+        return next((p for p in sandbox.descendants(self.popen.pid) if sandbox.ns_pids(p)[-1:] == [2]), None)
 
 
 _server: ForkServer | None = None
