@@ -11,9 +11,11 @@ course whose grader package is not the one the kernels import.
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import nbformat
@@ -192,6 +194,7 @@ try:
     found["init fds"] = os.listdir("/proc/1/fd")
 except OSError as error:
     found["init fds"] = type(error).__name__
+open("/tmp/leftover.txt", "w").write("for the next student")
 if os.fork() == 0:  # a detached process that outlives the kernel
     os.setsid()
     if os.fork() == 0:
@@ -209,7 +212,7 @@ for pid in (p for p in os.listdir("/proc") if p.isdigit()):
         names.append(open(f"/proc/{pid}/comm").read().strip())
     except OSError:
         pass
-print(json.dumps({"names": names}))
+print(json.dumps({"names": names, "tmp": os.listdir("/tmp"), "own file": open("notes.txt").read()}))
 '''
 
 
@@ -223,7 +226,10 @@ def _host_comms() -> list[str]:
     return names
 
 
-def test_the_warm_server_is_out_of_reach_and_nothing_survives_into_the_next_notebook(course):
+def test_the_warm_server_is_out_of_reach_and_nothing_survives_into_the_next_notebook(course, monkeypatch):
+    deep = Path(tempfile.mkdtemp(dir="/tmp")) / "deep"  # its folder two levels into /tmp, whose tmpfs it empties
+    deep.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))
     server = kernels.ForkServer()
     server.preload(["json"])
     kernels.install(server)
@@ -234,11 +240,14 @@ def test_the_warm_server_is_out_of_reach_and_nothing_survives_into_the_next_note
         assert "leftover-proc" in _host_comms()  # control: the detached process outlived its kernel
         later, = run_cells(course["mine"], FIND_LEFTOVERS)
         assert "leftover-proc" not in later["names"]
+        assert "leftover.txt" not in later["tmp"]
+        assert later["own file"] == "mine"  # emptying /tmp left the folder of workspaces, bound into it, alone
         assert "leftover-proc" not in _host_comms()
         assert (server.forked, server.fallbacks) == (2, 0)
     finally:
         kernels.uninstall()
         server.close()
+        shutil.rmtree(deep.parent)
 
 
 def test_the_rerun_child_is_sandboxed_and_not_dumpable(course, listener):

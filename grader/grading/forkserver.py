@@ -174,16 +174,20 @@ class _Server:
 
 
 def _empty(folder: str) -> None:
-    """Remove what is in a tmpfs of the sandbox, leaving the folders bound into it (other devices) alone."""
-    with contextlib.suppress(OSError):
-        device = os.lstat(folder).st_dev
-        for entry in os.scandir(folder):
-            with contextlib.suppress(OSError):
-                if entry.is_dir(follow_symlinks=False):
-                    if entry.stat(follow_symlinks=False).st_dev == device:
-                        shutil.rmtree(entry.path, ignore_errors=True)
-                else:
-                    os.unlink(entry.path)
+    """Remove what is in a tmpfs of the sandbox, but never a folder bound into it, nor one on the way to it."""
+    try:
+        mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        if any(m == entry.path or m.startswith(entry.path + "/") for m in mounts):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                os.unlink(entry.path)
 
 
 def serve(argv) -> None:
@@ -311,7 +315,7 @@ class ForkServer:
         sandbox = _sandbox()
         self.python, self.rerun_ready = python, rerun
         self.sandboxed = sandbox.require() if sandboxed is None else sandboxed
-        self.folder = tempfile.mkdtemp(prefix="grader-sandbox-")  # the workspaces of its notebooks
+        self.folder = tempfile.mkdtemp(prefix="grader-sandbox-", dir=sandbox.temp_folder())  # its workspaces
         os.chmod(self.folder, 0o755)
         self.box = sandbox.Sandbox(writable=(self.folder,), readonly=tuple(readonly), as_pid_1=True)
         self.uid = self.box.uid if self.sandboxed else None

@@ -140,8 +140,8 @@ def release_workspace(workspace) -> None:
 def rerun_server(timeout: float = 300) -> ForkServer:
     """The installed warm server, or one of this process's own (sandboxed, re-runs only), started once."""
     global _own_rerun_server
-    if _server is not None:
-        return _server
+    if _server is not None and _server.wait_ready(timeout):
+        return _server  # else (its preload started a thread, say) the re-run gets a server of its own
     if _own_rerun_server is None or _own_rerun_server.process.poll() is not None:
         _own_rerun_server = ForkServer(kernels=False, rerun=True)
         _own_rerun_server.preload([], rerun=True)

@@ -193,6 +193,13 @@ def inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
+def temp_folder() -> str:
+    """Where sandbox folders go: the temp folder, unless its path is so long that a kernel's Unix sockets inside
+    would pass the 107 bytes a socket path may have."""
+    folder = tempfile.gettempdir()
+    return folder if len(folder) <= 48 else "/tmp"
+
+
 def allocate_uid(_counter=itertools.count()) -> int | None:
     """A fresh uid for a sandbox when running as root (RLIMIT_NPROC counts per uid and never limits root), else None."""
     if os.geteuid() != 0:
@@ -345,7 +352,7 @@ class Workspace:
     def __init__(self, source: str, *, parent: str | None = None, uid: int | None = None, sandboxed: bool = True):
         self.source, self.uid, self.sandboxed = os.path.realpath(source), uid, sandboxed
         copy = sandboxed
-        self.path = tempfile.mkdtemp(prefix="ws-" if parent else "grader-ws-", dir=parent)
+        self.path = tempfile.mkdtemp(prefix="ws-" if parent else "grader-ws-", dir=parent or temp_folder())
         os.chmod(self.path, 0o755)
         self.work = os.path.join(self.path, os.path.basename(self.source)) if copy else self.source
         self.tmp = os.path.join(self.path, "tmp")
