@@ -18,13 +18,14 @@ from .checks.export import check_call_pipeline, check_export_agrees
 from .checks.hooks import (check_finds_first_nonfinite, check_grad_norms, check_keeps_output, check_no_hook_leak,
                     check_pre_hook_validates, check_records_activations)
 from .checks.toy_module import check_forgotten_init, check_mirrors_torch, check_unknown_attribute
-from .checks.report import CheckFailed
+from .checks.reference import check_matches_reference
+from .checks.report import CheckFailed, GraderError
 from .checks.saving import check_checkpoint_round_trip, check_loads_state_dict
 from .checks.training import (check_counter, check_optimizer, check_predict, check_same_function,
                        check_training_step)
 
 __all__ = [
-    "CheckFailed", "check_counting", "check_device_transfer", "check_eval_behaviour", "check_gradient_flow",
+    "CheckFailed", "GraderError", "check_matches_reference", "check_counting", "check_device_transfer", "check_eval_behaviour", "check_gradient_flow",
     "check_learning", "check_model", "check_names", "check_trainable_count",
     "check_matches_torch", "check_roles", "check_tensors",
     "check_finds_first_nonfinite", "check_grad_norms", "check_keeps_output", "check_no_hook_leak",

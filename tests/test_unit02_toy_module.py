@@ -341,7 +341,7 @@ def _recursive(self, name):
     (_returns_none, ["`model.no_such_attribute` returned None; torch raises AttributeError: "
                      "'Net' object has no attribute 'no_such_attribute'", "passes silently as None",
                      "instead of returning None"]),
-    (_raises_keyerror, ["raised KeyError: 'no_such_attribute'; torch raises AttributeError",
+    (_raises_keyerror, ["raised KeyError: 'no_such_attribute' (in `_raises_keyerror`, line ", "; torch raises AttributeError",
                         "hasattr() and getattr(obj, name, default) rely on it"]),
     (_nameless_error, ["raised AttributeError('not found'), which does not name `no_such_attribute`"]),
 ], ids=["returns None", "KeyError", "nameless"])

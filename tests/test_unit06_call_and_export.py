@@ -6,6 +6,8 @@ mismatches. Exports are slow (about a second each, several on the first), so eac
 
 import nbformat
 import pytest
+
+from grader.checks.report import GraderError
 import torch
 from torch import nn
 from torch.nn.modules import module as torch_module
@@ -435,7 +437,8 @@ def test_a_static_guard_is_reported_as_refused_batch_sizes(nb):
 
 
 def test_export_check_needs_an_example_batch_of_two():
-    with pytest.raises(ValueError, match="at least 2"):
+    """A test that gives the export check a batch of one is the test's mistake: a grader error, never a verdict."""
+    with pytest.raises(GraderError, match="ValueError: .*at least 2"):
         check_export_agrees(lambda: nn.Linear(2, 2), (1, 2), (1, 2))
 
 

@@ -6,6 +6,8 @@ import contextlib
 import io
 
 import pytest
+
+from grader.checks.report import GraderError
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -230,7 +232,7 @@ def test_an_original_that_cannot_run_is_a_test_error_not_a_verdict(nb):
         def forward(self, x):
             raise RuntimeError("boom")
 
-    with pytest.raises(ValueError, match="the original Crashes raised RuntimeError: boom"):
+    with pytest.raises(GraderError, match="ValueError: check_same_function: the original Crashes raised RuntimeError: boom"):
         check_same_function(lambda: nb["FixedLoggedMLP"](20, 32, 4), lambda: Crashes(20, 32, 4), example=(8, 20))
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from torch import nn
 
 from .diagnose import describe_error, explain_error, type_name
-from .report import fail, plural, quiet, verdict
+from .report import fail, own_errors, plural, quiet, verdict
 
 _COUNTERS = {
     "trainable parameters": lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad),
@@ -24,7 +24,7 @@ def check_counting(fn: Callable, build: Callable, cases, counts: str = "trainabl
     title = f"counting {counts}"
     if counts not in _COUNTERS:
         raise ValueError(f"counts must be one of {sorted(_COUNTERS)}, not {counts!r}")
-    with quiet():
+    with quiet(), own_errors("check_counting"):
         wrong = []
         for case in cases:
             case = case if isinstance(case, tuple) else (case,)
@@ -58,7 +58,7 @@ def check_names(fn: Callable, model: nn.Module, expected, what: str = "names"):
     """``fn(model)`` returns exactly the names in ``expected`` (any order, no repeats)."""
     __tracebackhide__ = True
     title = f"{fn.__name__}"
-    with quiet():
+    with quiet(), own_errors("check_names"):
         try:
             got = fn(model)
         except Exception as error:

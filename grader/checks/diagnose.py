@@ -3,11 +3,22 @@
 Everything here describes a model; nothing here decides a grade.
 """
 
+import linecache
+import os
+import sysconfig
 from collections import Counter
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+# Code that is not the student's: the grader, torch and Python's own library. Frames elsewhere in a
+# traceback are the student's (or a test cell's, which calls the student's code).
+_NOT_STUDENT = tuple(sorted({os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,
+                             os.path.dirname(os.path.abspath(torch.__file__)) + os.sep,
+                             *(os.path.realpath(sysconfig.get_paths()[k]) + os.sep
+                               for k in ("stdlib", "platstdlib", "purelib", "platlib")),
+                             *(sysconfig.get_paths()[k] + os.sep for k in ("stdlib", "platstdlib", "purelib", "platlib"))}))
 
 # Attributes every nn.Module has in its __dict__ (the registries, hook dicts, flags).
 _MODULE_INTERNALS = frozenset(vars(nn.Module()))
@@ -224,9 +235,32 @@ def explain_error(error: BaseException) -> str:
     for fragment, meaning in _KNOWN_ERRORS:
         if fragment in text:
             return meaning
-    return "read the error above and the line of your code it points to"
+    return "read the error message: the line of your code named in it is where the error came from"
 
 
 def describe_error(error: BaseException) -> str:
+    """"ValueError: the message's first line (in `forward`, line 3: `x = self.fc(x)`)"."""
     first_line = (str(error).strip().splitlines() or [""])[0]
-    return f"{type(error).__name__}: {first_line}" if first_line else type(error).__name__
+    text = f"{type(error).__name__}: {first_line}" if first_line else type(error).__name__
+    return text + student_line(error)
+
+
+def student_line(error: BaseException) -> str:
+    """Where the student's code was when `error` was raised: the innermost frame outside the grader, torch and
+    Python's library, as " (in `forward`, line 3: `x = self.fc(x)`)"; "" when there is none."""
+    try:
+        tb, found = error.__traceback__, None
+        while tb is not None:
+            code = tb.tb_frame.f_code
+            name = code.co_filename
+            if not name.startswith(_NOT_STUDENT) and not name.startswith("<frozen"):
+                found = (code.co_name, name, tb.tb_lineno)
+            tb = tb.tb_next
+    except (ValueError, RuntimeError):  # frames refused (the grader's re-run guards them)
+        return ""
+    if found is None:
+        return ""
+    function, filename, lineno = found
+    where = "your cell" if function == "<module>" else f"`{function}`"
+    line = linecache.getline(filename, lineno).strip()
+    return f" (in {where}, line {lineno}" + (f": `{line[:80]}`)" if line else ")")

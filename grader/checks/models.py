@@ -194,10 +194,12 @@ def check_eval_behaviour(model, example, *, device):
     with torch.no_grad():
         trained = _outputs(_forward(m, inputs, title, where))
     if norms:
-        idle = [n for n in norms if torch.equal(m.get_submodule(n).running_mean, buffers[f"{n}.running_mean"])]
+        # the model itself may be the BatchNorm (a subclass of nn.BatchNorm1d): its name is ""
+        key = {n: f"{n}.running_mean" if n else "running_mean" for n in norms}
+        idle = [n for n in norms if torch.equal(m.get_submodule(n).running_mean, buffers[key[n]])]
         if idle:
             fail(title, "in train mode, BatchNorm did not update its running statistics",
-                 [f"`{n}.running_mean` did not move" for n in idle],
+                 [f"`{key[n]}` did not move" for n in idle],
                  hint="is the BatchNorm layer actually used in forward?", devices=where)
     if (dropouts or norms) and torch.equal(trained, first):
         fail(title, "train mode gives the same output as eval mode, though the model has "
