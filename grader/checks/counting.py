@@ -18,6 +18,16 @@ _COUNTERS = {
 }
 
 
+# What to print to see the tensors each count adds up (named_parameters() would hide buffers, and de-duplicates
+# tied tensors that state_dict() lists under every name).
+_LISTINGS = {
+    "trainable parameters": "model.named_parameters() if t.requires_grad",
+    "parameters": "model.named_parameters()",
+    "buffer elements": "model.named_buffers()",
+    "state_dict elements": "model.state_dict().items()",
+}
+
+
 def check_counting(fn: Callable, build: Callable, cases, counts: str = "trainable parameters"):
     """``fn(*case)`` equals what torch counts on ``build(*case)``, for every case."""
     __tracebackhide__ = True
@@ -25,22 +35,22 @@ def check_counting(fn: Callable, build: Callable, cases, counts: str = "trainabl
     if counts not in _COUNTERS:
         raise ValueError(f"counts must be one of {sorted(_COUNTERS)}, not {counts!r}")
     with quiet(), own_errors("check_counting"):
+        cases = [case if isinstance(case, tuple) else (case,) for case in cases]
+        # torch's counts first, before any code of the student's runs (it could change how torch counts)
+        truths = [(_COUNTERS[counts](built), type_name(built)) for built in (build(*case) for case in cases)]
         wrong = []
-        for case in cases:
-            case = case if isinstance(case, tuple) else (case,)
+        for case, (truth, built) in zip(cases, truths):
             call = f"{fn.__name__}({', '.join(map(repr, case))})"
             try:
                 got = fn(*case)
             except Exception as error:
                 fail(title, f"{call} raised {describe_error(error)}", hint=explain_error(error))
-            truth = _COUNTERS[counts](build(*case))
             if _exact_count(got) != truth:  # compared as a plain int: an object that "equals everything" fails
-                wrong.append(f"{call} returned {got!r}, but {type_name(build(*case))} built with {case} has "
-                             f"{truth:,} {counts}")
+                wrong.append(f"{call} returned {got!r}, but {built} built with {case} has {truth:,} {counts}")
         if wrong:
             fail(title, f"{plural(len(wrong), 'case')} of {len(cases)} wrong", wrong,
-                 hint="count each tensor's elements: print([(n, tuple(t.shape)) for n, t in "
-                      "model.named_parameters()]) and compare with your formula")
+                 hint=f"count each tensor's elements: print([(n, tuple(t.shape)) for n, t in {_LISTINGS[counts]}]) "
+                      "and compare with your formula")
     verdict(title, f"{fn.__name__} matches torch on {plural(len(cases), 'case')}")
 
 
