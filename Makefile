@@ -13,11 +13,12 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 # Jupyter refuses to run as root (containers, CI machines) unless told so.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: help lab test test-fast test-browser test-cuda exercises validate autograde autograde-parallel feedback benchmark clean
+.PHONY: help lab test test-fast test-browser test-cuda exercises validate autograde autograde-parallel feedback benchmark student-kit clean
 .DEFAULT_GOAL := help
 
 help: ## list the targets
-	@grep -E '^[a-z.-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-19s %s\n", $$1, $$2}'
+	@grep -E '^[$$()A-Za-z.-]+:.*## ' $(MAKEFILE_LIST) | sed 's/^$$(VENV)/$(VENV)/' | \
+		awk -F':.*## ' '{printf "  make %-19s %s\n", $$1, $$2}'
 
 # nbgrader's wheel enables its own server extensions (formgrader, assignment list, validate).
 $(VENV): pyproject.toml ## create the virtual environment (only set-up)
@@ -27,8 +28,10 @@ $(VENV): pyproject.toml ## create the virtual environment (only set-up)
 	$(BIN)/jupyter labextension enable @jupyter/nbgrader >/dev/null
 	touch $(VENV)
 
+# news_url=None: no "news" notification from JupyterLab on a course machine.
 lab: $(VENV) ## open JupyterLab on the course, with nbgrader's extensions (honours JUPYTER_PORT)
-	$(BIN)/jupyter lab --ServerApp.root_dir="$(CURDIR)" --port=$(JUPYTER_PORT) --ServerApp.port_retries=0 $(ROOT_FLAG)
+	$(BIN)/jupyter lab --ServerApp.root_dir="$(CURDIR)" --port=$(JUPYTER_PORT) --ServerApp.port_retries=0 \
+		--LabApp.news_url=None $(ROOT_FLAG)
 
 test: $(VENV) ## run everything CI runs
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
@@ -63,6 +66,9 @@ benchmark: $(VENV) ## stock nbgrader autograde against the parallel one, on the 
 feedback: $(VENV) ## generate feedback for every graded submission of ASSIGNMENT
 	@test -n "$(ASSIGNMENT)" || { echo "usage: make feedback ASSIGNMENT=01_registration"; exit 2; }
 	$(BIN)/nbgrader generate_feedback "$(ASSIGNMENT)"
+
+student-kit: $(VENV) ## build build/student-kit/ and build/student-kit.zip: lessons, exercises, the grader, no solutions
+	$(BIN)/python -m grader student-kit
 
 clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache
