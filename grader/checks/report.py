@@ -30,6 +30,12 @@ class CheckFailed(AssertionError):
     def _render_traceback_(self) -> list[str]:  # IPython shows these lines instead of a traceback
         return _shown(str(self))
 
+    @property
+    def diagnosis(self) -> str:
+        """What is wrong and where, without the hint on how to fix it: what the debugging clinic's diagnosis
+        cells show, since finding the fix is the exercise."""
+        return "\n".join(line for line in _shown(str(self)) if not line.startswith("Hint:"))
+
 
 class GraderError(Exception):
     """The grader itself failed inside a check: a bug of the grader or of the test, never the student's.

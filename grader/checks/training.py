@@ -1,22 +1,25 @@
-"""Checks on the code around a model: how the optimizer is built, one training step,
-single-sample prediction, and hand-written parameter counters.
+"""Checks on the code around a model: how the optimizer is built, one training step, single-sample
+prediction, the values a model keeps for a log, hand-written parameter counters, and a fix that must keep
+what the broken model computes.
 
-Like the model checks, each one prints one verdict line or raises CheckFailed with a
-diagnosis. References are computed here from torch itself (a plain SGD loop, an
-eval-mode forward, ``parameters()``), never from stored answers.
+Like the model checks, each one prints one verdict line or raises CheckFailed with a diagnosis.
+References are computed here from torch itself (a plain SGD loop, an eval-mode forward, ``parameters()``)
+or passed in by the test cell (the optimizer to step like, the log's expected values), never from stored
+answers.
 """
 
 import copy
-from collections.abc import Callable
+import numbers
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .counting import _COUNTERS
+from .counting import _COUNTERS, _LISTINGS, _exact_count
 from .runner import AGREEMENT, SEED, _build, _check, _forward, _inputs, _loss, _outputs
 from .diagnose import describe_error, explain_error, type_name
-from .report import fail, plural, quiet, verdict
+from .report import fail, own_errors, plural, quiet, verdict
 
 # Two runs of the same float32 arithmetic agree far more closely than this.
 SAME = {"rtol": 1e-5, "atol": 1e-6}
@@ -48,9 +51,14 @@ def _targets(output: torch.Tensor, step: int) -> torch.Tensor:
 # --- the optimizer ------------------------------------------------------------------------
 
 @_check("optimizer")
-def check_optimizer(setup: Callable, example=None, *, device):
+def check_optimizer(setup: Callable, example=None, *, like: Callable | None = None, device):
     """``setup()`` returns ``(model, optimizer)``; the optimizer holds every trainable parameter the
-    model has now, and nothing else. With ``example``, one step must then change every one of them."""
+    model has now, and nothing else. With ``example``, one step must then change every one of them.
+
+    With ``like`` (written in the test: ``lambda params: torch.optim.SGD(params, lr=0.05)``), two steps of the
+    student's optimizer must move the parameters exactly as two steps of ``like(parameters)`` move a copy of
+    the model: the same kind of optimizer, with the same settings.
+    """
     __tracebackhide__ = True
     title, where = "optimizer", str(device)
     try:
@@ -89,22 +97,75 @@ def check_optimizer(setup: Callable, example=None, *, device):
              devices=where)
     summary = f"holds all {plural(len(trainable), 'trainable tensor')} of the model"
     if example is None:
+        if like is not None:
+            raise ValueError("check_optimizer: `like` compares steps, so it needs an example")
         return summary, len(trainable)
     model.train()
-    before = {n: p.detach().clone() for n, p in trainable}
+    twin = copy.deepcopy(model) if like is not None else None  # before any step: the reference starts here too
+    reference = like([p for p in twin.parameters() if p.requires_grad]) if twin is not None else None
+    inputs = _inputs(example, device)
+    for k in range(1, 3 if like is not None else 2):
+        before = {n: p.detach().clone() for n, p in trainable}
+        _step_with(optimizer, model, inputs, k, title, where)
+        if k == 1:
+            still = [n for n, p in trainable if torch.equal(p.detach(), before[n])]
+            if still:
+                fail(title, "one optimizer.step() left some trainable tensors unchanged",
+                     [f"`{n}` did not move" for n in still],
+                     hint="check the optimizer's learning rate, and that these tensors take part in forward",
+                     devices=where)
+        if reference is not None:
+            _step_with(reference, twin, inputs, k, title, where)
+            _compare_updates(title, where, k, model, optimizer, twin, reference)
+    if reference is not None:
+        summary += f", and steps like {_optimizer_name(reference)}"
+    # Dropout draws other masks on each device, so the fingerprint is what moved, not by how much.
+    return summary + ", and one step updates each", len(trainable)
+
+
+def _step_with(optimizer, model, inputs, k, title, where):
+    """One step: zero_grad, forward (seeded, so dropout draws the same masks for a copy), backward, step."""
+    __tracebackhide__ = True
     optimizer.zero_grad()
-    loss = _loss(_forward(model, _inputs(example, device), title, where))
+    torch.manual_seed(SEED + k)
+    loss = _loss(_forward(model, inputs, title, where))
     try:
         loss.backward()
     except RuntimeError as error:
         fail(title, f"backward() raised {describe_error(error)}", hint=explain_error(error), devices=where)
     optimizer.step()
-    still = [n for n, p in trainable if torch.equal(p.detach(), before[n])]
-    if still:
-        fail(title, "one optimizer.step() left some trainable tensors unchanged", [f"`{n}` did not move" for n in still],
-             hint="check the optimizer's learning rate, and that these tensors take part in forward", devices=where)
-    # Dropout draws other masks on each device, so the fingerprint is what moved, not by how much.
-    return summary + ", and one step updates each", len(trainable)
+
+
+_SETTINGS = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize", "betas", "eps", "alpha")
+
+
+def _optimizer_name(optimizer) -> str:
+    group = optimizer.param_groups[0]
+    return f"{type(optimizer).__name__}(lr={group['lr']:g})" if "lr" in group else type(optimizer).__name__
+
+
+def _compare_updates(title, where, k, model, optimizer, twin, reference):
+    """After step k, the student's parameters are where the reference optimizer put the copy's."""
+    __tracebackhide__ = True
+    off = [(n, (p.detach() - q.detach()).abs().max().item())
+           for (n, p), (_, q) in zip(model.named_parameters(), twin.named_parameters())
+           if p.requires_grad and not torch.allclose(p.detach(), q.detach(), **SAME)]
+    if not off:
+        return
+    details = []
+    if type(optimizer) is not type(reference):
+        details.append(f"yours is {type(optimizer).__name__}; the exercise's is {type(reference).__name__}")
+    else:
+        wanted = reference.param_groups[0]
+        for i, group in enumerate(optimizer.param_groups):
+            label = "yours has" if len(optimizer.param_groups) == 1 else f"your group {i} has"
+            details += [f"{label} {key}={group[key]!r}; the exercise's has {key}={wanted[key]!r}"
+                        for key in _SETTINGS if key in wanted and key in group and group[key] != wanted[key]]
+    details += [f"`{n}` is off by up to {gap:.3g}" for n, gap in off[:3]]
+    fail(title, f"after {plural(k, 'step')}, your optimizer has moved the parameters differently from "
+                f"{_optimizer_name(reference)} on the same gradients", details,
+         hint="build the optimizer the exercise names, with the learning rate you are given and no other options",
+         devices=where)
 
 
 def _call(fn) -> str:
@@ -199,11 +260,16 @@ def _compare_loss(title, where, k, name, returned, truth):
     __tracebackhide__ = True
     if returned is None:
         fail(title, f"{name} returned None", hint="return this step's loss as a number: loss.item()", devices=where)
-    try:
-        value = float(returned)
-    except (TypeError, ValueError, RuntimeError):
+    if isinstance(returned, torch.Tensor):
+        kept = " with its autograd graph" if returned.requires_grad else ""
+        fail(title, f"{name} returned the loss as a tensor{kept}, not as a number",
+             ["a loss tensor kept for a log holds on to the whole graph of its step, and every activation in it"]
+             if kept else [],
+             hint="return this step's loss as a Python float: loss.item()", devices=where)
+    if not isinstance(returned, numbers.Real) or isinstance(returned, bool):
         fail(title, f"{name} returned {type(returned).__name__}, not a number",
              hint="return this step's loss as a number: loss.item()", devices=where)
+    value = float(returned)
     if not abs(value - truth) <= 1e-4 * max(1.0, abs(truth)):
         fail(title, f"at step {k}, {name} returned {value:.6g}, but the loss on this batch is {truth:.6g}",
              hint="return loss.item() for the loss computed in this step, before optimizer.step()", devices=where)
@@ -214,7 +280,7 @@ def _compare_loss(title, where, k, name, returned, truth):
 @_check("single-sample prediction")
 def check_predict(predict: Callable, model, example, *, device):
     """``predict(model, sample)`` on one sample of a batch of shape ``example`` returns that sample's
-    eval-mode output, leaves the model's buffers alone and builds no autograd graph.
+    eval-mode output, leaves the model's buffers alone, builds no autograd graph and leaves autograd on.
 
     The model is handed over in train mode, after a few training-mode batches, as it is after training.
     """
@@ -233,11 +299,20 @@ def check_predict(predict: Callable, model, example, *, device):
         m.train()
         buffers = {n: b.detach().clone() for n, b in m.named_buffers()}
         torch.manual_seed(SEED + i)
+        grad_was_on = torch.is_grad_enabled()
         try:
             got = predict(m, sample)
         except Exception as error:  # the student's function: report any failure
             fail(title, f"{name}(model, sample) on a sample of shape {list(sample.shape)} raised {describe_error(error)}",
                  hint=_explain_predict_error(error), devices=where)
+        finally:  # whatever predict did to autograd, the code after this check gets it back as it was
+            left_off = grad_was_on and not torch.is_grad_enabled()
+            torch.set_grad_enabled(grad_was_on)
+        if left_off:
+            fail(title, f"{name} left autograd switched off: after it returns, torch.is_grad_enabled() is False",
+                 ["every forward after a prediction builds no graph, so training after it raises or learns nothing"],
+                 hint="switch autograd off only around the model call, in a block that switches it back on when it "
+                      "ends", devices=where)
         if not isinstance(got, torch.Tensor):
             fail(title, f"{name} returned {type(got).__name__}, not a tensor",
                  hint="return the model's output for the sample, as a tensor", devices=where)
@@ -280,6 +355,92 @@ def _explain_predict_error(error: Exception) -> str:
     return explain_error(error)
 
 
+# --- values a model keeps for a log ----------------------------------------------------------
+
+_LOG_MODES = ("train", "train", "eval")  # a new batch for each call
+_DETACH_HINT = ("a logged value must let go of the graph: keep a number (.item()) or a detached tensor. A tensor "
+                "with a grad_fn keeps the whole graph of its call, and every activation in it, alive for as long as "
+                "the log holds it")
+
+
+@_check("training log")
+def check_log(model, example, logged: Callable, expected: Callable, *, device):
+    """After each of three calls (two in train mode, one in eval mode, each on a new batch of shape ``example``,
+    with autograd on), ``logged(model)`` (a dict of the values the model keeps for a log) holds, under each
+    name, the number ``expected(model, x)`` gives for that call's input: a Python number, or a one-element
+    tensor that carries no autograd graph. Both functions are written in the test cell.
+    """
+    __tracebackhide__ = True
+    title, where = "training log", str(device)
+    m = _build(model, device, title)
+    previous: dict = {}
+    values = []
+    for k, mode in enumerate(_LOG_MODES, start=1):
+        m.train(mode == "train")
+        x = _batch(example, 20 + k, device) * k  # a batch of its own scale: each call's numbers differ
+        _forward(m, (x,), title, where)
+        when = f"after call {k} ({mode} mode)"
+        try:
+            log = logged(m)
+        except Exception as error:  # the student's model lacks what the log reads
+            fail(title, f"{when}, reading the log raised {describe_error(error)}",
+                 hint="keep the log where the exercise says, and set it on every call", devices=where)
+        if not isinstance(log, Mapping):
+            fail(title, f"{when}, the log is a {type(log).__name__}, not a dict of values", devices=where)
+        log = dict(log)  # what it holds now: the test's own calls below may run the model's hooks again
+        with torch.no_grad():
+            truth = {name: float(value) for name, value in expected(m, x).items()}
+        for name, want in truth.items():
+            got = _logged_number(title, where, when, name, log)
+            if not _same_number(got, want):
+                fail(title, f"{when}, `{name}` is {got:.6g}; it should be {want:.6g}",
+                     _why_log_differs(name, got, truth, previous.get(name)), devices=where,
+                     hint="set every value of the log on every call, from that call's tensors, as the exercise "
+                          "describes them")
+            values.append(got)
+        previous = truth
+    names = _names(list(truth))
+    return (f"{names} {'holds' if len(truth) == 1 else 'hold'} each call's value (train and eval mode), with no "
+            f"autograd graph kept", torch.tensor(values, dtype=torch.float64))
+
+
+def _logged_number(title, where, when, name, log) -> float:
+    """The logged value as a float; fails when it is missing, not a number, or still attached to a graph."""
+    __tracebackhide__ = True
+    if name not in log:
+        fail(title, f"{when}, the log has no `{name}`", [f"it holds {_names(list(log)) if log else 'nothing'}"],
+             hint="set it on every call", devices=where)
+    value = log[name]
+    if value is None:
+        fail(title, f"{when}, `{name}` is None: nothing sets it", hint="set it on every call", devices=where)
+    if isinstance(value, torch.Tensor):
+        if value.requires_grad or value.grad_fn is not None:
+            fail(title, f"{when}, `{name}` is a tensor attached to the autograd graph", hint=_DETACH_HINT,
+                 devices=where)
+        if value.numel() != 1:
+            fail(title, f"{when}, `{name}` has shape {list(value.shape)}; the log keeps one number per name",
+                 hint="reduce over every element (the whole batch and every feature)", devices=where)
+        return float(value.item())
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    fail(title, f"{when}, `{name}` is a {type(value).__name__}, not a number", hint="keep one number per name",
+         devices=where)
+
+
+def _same_number(got: float, want: float) -> bool:
+    return abs(got - want) <= 1e-6 + 1e-5 * abs(want)
+
+
+def _why_log_differs(name, got, truth, before) -> list[str]:
+    """What the wrong value is, where that can be said for sure: the last call's, or another name's."""
+    if before is not None and _same_number(got, before):
+        return [f"it still holds the previous call's value: `{name}` was not updated by this call"]
+    others = [other for other, value in truth.items() if other != name and _same_number(got, value)]
+    if others:
+        return [f"it holds what `{others[0]}` should hold"]
+    return []
+
+
 # --- hand-written counters -----------------------------------------------------------------
 
 def check_counter(fn: Callable, models, counts: str = "trainable parameters"):
@@ -292,44 +453,61 @@ def check_counter(fn: Callable, models, counts: str = "trainable parameters"):
     if counts not in _COUNTERS:
         raise ValueError(f"counts must be one of {sorted(_COUNTERS)}, not {counts!r}")
     name = getattr(fn, "__name__", "counter")
-    with quiet():
+    with quiet(), own_errors("check_counter"):
         for model in models:
             m = model if isinstance(model, nn.Module) else model()
-            truth = _COUNTERS[counts](m)
+            truth = _COUNTERS[counts](m)  # torch's count first, before any code of the student's runs
             call = f"{name}({type_name(m)})"
             try:
                 got = fn(copy.deepcopy(m))
             except Exception as error:  # the student's counter: report any failure
                 fail(title, f"{call} raised {describe_error(error)}", hint=explain_error(error))
-            if got != truth:
-                details, hint = _why_miscounted(m, got, truth, counts)
-                shown = f"{got:,}" if isinstance(got, int) else repr(got)
+            count = _exact_count(got)  # a plain int (or float): an object that "equals everything" fails
+            if count != truth:
+                details, hint = _why_miscounted(m, count, truth, counts)
+                shown = f"{got:,}" if isinstance(count, int) else repr(got)
                 fail(title, f"{call} returned {shown}, but torch counts {truth:,} {counts}", details, hint=hint)
     verdict(title, f"{name} matches torch on {plural(len(models), 'model')}")
 
 
+# The listing that yields each tensor of a count once, as torch counts it.
+_YIELDS = {"trainable parameters": "parameters()", "parameters": "parameters()", "buffer elements": "buffers()"}
+
+
 def _why_miscounted(model, got, truth, counts) -> tuple[list[str], str]:
-    repeats = _repeated_parameters(model, trainable=counts.startswith("trainable"))
+    """Details and a hint for a wrong count; each is said only where it explains the difference exactly."""
+    listing = (f"print([(n, tuple(t.shape)) for n, t in {_LISTINGS[counts]}]) lists what torch counts: "
+               "compare it with what your code counts")
+    if got is None:
+        return [], "return the count as an int: " + listing
+    if isinstance(got, float):
+        if not got.is_integer():
+            return [], listing
+        got = int(got)
+    repeats = _repeated_tensors(model, counts)
     extra = sum((len(names) - 1) * numel for names, numel in repeats)
-    details = _describe_repeats(model, repeats)
-    if isinstance(got, int) and repeats and got - truth == extra:
-        return details, ("your count has exactly the repeats: it counts a shared tensor once per name. "
-                         "parameters() yields each tensor once; count each tensor once too (remember which ones "
-                         "you have counted, for example by id())")
-    if isinstance(got, int) and got > truth:
+    details = _describe_repeats(model, repeats, counts)
+    if repeats and got - truth == extra:
+        return details, (f"your count has exactly the repeats: it counts a shared tensor once per name. "
+                         f"{_YIELDS[counts]} yields each tensor once; count each tensor once too (remember which "
+                         "ones you have counted, for example by id())")
+    parameter_count = counts in ("trainable parameters", "parameters")
+    if got > truth and parameter_count:
         frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
         buffers = sum(b.numel() for b in model.buffers())
-        if counts.startswith("trainable") and frozen and got - truth in (frozen, frozen + extra):
+        if counts == "trainable parameters" and frozen and got - truth in (frozen, frozen + extra):
             details.append(f"{plural(frozen, 'parameter')} {'is' if frozen == 1 else 'are'} frozen (requires_grad=False)")
             return details, "trainable means requires_grad=True: skip frozen parameters"
         if buffers and got - truth in (buffers, buffers + extra):
             details.append(f"the model has {plural(buffers, 'buffer element')}")
             return details, "buffers are not parameters: count parameters(), not state_dict() or buffers()"
-    return details, "walk the model once and count each tensor once: compare with sum(p.numel() for p in model.parameters())"
+    return details, listing
 
 
-def _describe_repeats(model, repeats) -> list[str]:
-    """One line per shared layer (all its parameters repeated under the same owners) or tied tensor."""
+def _describe_repeats(model, repeats, counts: str = "trainable parameters") -> list[str]:
+    """One line per shared layer (all its tensors of the count repeated under the same owners) or tied tensor."""
+    buffers = counts == "buffer elements"
+    unit = "buffer element" if buffers else "parameter"
     by_owners: dict[tuple, list[tuple[list[str], int]]] = {}
     for names, numel in repeats:
         by_owners.setdefault(tuple(n.rpartition(".")[0] for n in names), []).append((names, numel))
@@ -338,11 +516,11 @@ def _describe_repeats(model, repeats) -> list[str]:
         numel = sum(n for _, n in group)
         copies = len(owners)
         layers = [model.get_submodule(o) for o in owners]
-        whole = (len({id(layer) for layer in layers}) == 1 and len(set(owners)) == copies
-                 and numel == sum(p.numel() for p in layers[0].parameters()))
         layer = layers[0]
+        whole = (len({id(x) for x in layers}) == 1 and len(set(owners)) == copies
+                 and numel == sum(t.numel() for t in (layer.buffers() if buffers else layer.parameters())))
         if whole:
-            lines.append(f"{_names(owners)} are one {type_name(layer)} ({plural(numel, 'parameter')}) registered "
+            lines.append(f"{_names(owners)} are one {type_name(layer)} ({plural(numel, unit)}) registered "
                          f"under {copies} names: counted once per name, that is {numel * (copies - 1):,} extra")
         else:
             for names, n in group:
@@ -351,15 +529,20 @@ def _describe_repeats(model, repeats) -> list[str]:
     return lines
 
 
-def _repeated_parameters(model: nn.Module, trainable: bool) -> list[tuple[list[str], int]]:
-    """Tensors that named_parameters(remove_duplicate=False) lists under more than one name."""
+def _repeated_tensors(model: nn.Module, counts: str) -> list[tuple[list[str], int]]:
+    """Tensors listed under more than one name where torch's count takes each once (parameters(), buffers());
+    state_dict() lists a tied tensor under every name, and its count has every one of them, so none repeats."""
+    if counts == "state_dict elements":
+        return []
+    listed = (model.named_buffers(remove_duplicate=False) if counts == "buffer elements"
+              else model.named_parameters(remove_duplicate=False))
     names: dict[int, list[str]] = {}
     sizes: dict[int, int] = {}
-    for n, p in model.named_parameters(remove_duplicate=False):
-        if trainable and not p.requires_grad:
+    for n, t in listed:
+        if counts == "trainable parameters" and not t.requires_grad:
             continue
-        names.setdefault(id(p), []).append(n)
-        sizes[id(p)] = p.numel()
+        names.setdefault(id(t), []).append(n)
+        sizes[id(t)] = t.numel()
     return [(group, sizes[i]) for i, group in names.items() if len(group) > 1]
 
 
@@ -382,10 +565,16 @@ def check_same_function(model, original, example, *, convert: Callable | None = 
     saved, source = theirs.state_dict(), f"{label}'s state_dict"
     if convert is not None:
         source = f"{getattr(convert, '__name__', 'convert')}({label}'s state_dict)"
+        given, as_given = saved, _snapshot(saved)
         try:
             saved = convert(saved)
         except Exception as error:  # the student's conversion: report any failure
             fail(title, f"{source} raised {describe_error(error)}", hint=explain_error(error), devices=where)
+        changes = _changes(given, as_given)
+        if changes:
+            fail(title, f"{source} changed the checkpoint it was given", changes[:4],
+                 hint="build a new dict and leave the one you are given as it was: the caller may still need the "
+                      "checkpoint as it was read (to retry, to compare, to save it elsewhere)", devices=where)
         if not isinstance(saved, dict):
             fail(title, f"{source} returned {type(saved).__name__}, not a dict of tensors",
                  hint="return a dict that maps each key to its tensor", devices=where)
@@ -423,3 +612,23 @@ def check_same_function(model, original, example, *, convert: Callable | None = 
                    "each tensor must land on the layer that plays its part: check which key goes where"),
              devices=where)
     return f"with {label}'s weights{'' if convert is None else ', converted,'} gives {label}'s outputs", a
+
+
+def _snapshot(state: dict) -> list[tuple[str, object, torch.Tensor | None]]:
+    """(key, value, a copy of the tensor's values) for each entry, in order."""
+    return [(k, v, v.detach().clone() if isinstance(v, torch.Tensor) else None) for k, v in state.items()]
+
+
+def _changes(state: dict, snapshot) -> list[str]:
+    """How `state` differs from its snapshot: keys removed or added, tensors replaced or changed in place."""
+    before = {k: (v, copy_) for k, v, copy_ in snapshot}
+    lines = [f"`{k}` was removed from it" for k in before if k not in state]
+    lines += [f"`{k}` was added to it" for k in state if k not in before]
+    for k, (v, copy_) in before.items():
+        if k not in state:
+            continue
+        if state[k] is not v:
+            lines.append(f"`{k}` was replaced by another value")
+        elif copy_ is not None and (v.shape != copy_.shape or not torch.equal(v, copy_)):
+            lines.append(f"`{k}` was changed in place")
+    return lines
