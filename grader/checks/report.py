@@ -87,6 +87,10 @@ def own_errors(check: str):
         if student_line(error):
             raise CheckFailed(f"{FAIL} {check}: your code raised {describe_error(error)}\n"
                               f"Hint: {explain_error(error)}") from None
+        if isinstance(error, RuntimeError) and "support the deepcopy protocol" in str(error):
+            # torch refuses to deep-copy a non-leaf tensor: the check copied a model that keeps one
+            raise CheckFailed(f"{FAIL} {check}: the model cannot be copied (copy.deepcopy raised RuntimeError: "
+                              f"{str(error).split('.')[0]})\nHint: {explain_error(error)}") from None
         raise GraderError(check, error) from None
 
 
