@@ -556,7 +556,7 @@ def _sgd(lr):
     (lambda ps: torch.optim.SGD(ps, lr=0.1), ["differently from SGD(lr=0.05)", "yours has lr=0.1; the exercise's has lr=0.05"]),
     (lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9), ["after 2 steps", "yours has momentum=0.9"]),
     (lambda ps: torch.optim.SGD(ps, lr=0.05, nesterov=True, momentum=0.5), ["yours has momentum=0.5", "nesterov=True"]),
-    (lambda ps: torch.optim.SGD(ps, lr=0.05, weight_decay=1e-5), ["yours has weight_decay=1e-05"]),
+    (lambda ps: torch.optim.SGD(ps, lr=0.05, weight_decay=1e-4), ["yours has weight_decay=0.0001"]),
 ], ids=["adam", "lr", "momentum", "nesterov", "weight decay"])
 def test_an_optimizer_that_steps_otherwise_is_named(make, fragments, capsys):
     check_optimizer(_setup(make), example=(3, 4))  # it holds the right tensors, and a step moves each...

@@ -11,5 +11,5 @@ layers      unit 03: a layer beside the torch layer it re-implements
 hooks       unit 05: hook utilities
 export      unit 06: the call pipeline and torch.export
 saving      unit 06: checkpoints and state_dict loading
-training    unit 07: optimizers, training steps, prediction, counters
+training    unit 07: optimizers, training steps, prediction, logs, counters, a fix that keeps the function
 """

@@ -23,9 +23,10 @@ from .report import fail, own_errors, plural, quiet, verdict
 
 # Two runs of the same float32 arithmetic agree far more closely than this.
 SAME = {"rtol": 1e-5, "atol": 1e-6}
-# Two optimizers of the same kind and settings, stepped on the same gradients, agree to the last bits or so; a
-# weight decay of 1e-5 at lr 0.1 already moves a weight by 1e-6 of its size.
-STEPPED = {"rtol": 1e-7, "atol": 1e-8}
+# Two optimizers of the same kind and settings, stepped on the same gradients, agree within a few float32 ulps
+# (foreach and single-tensor kernels may round differently); a weight decay of 1e-4 at lr 0.1 moves a weight by
+# 1e-5 of its size.
+STEPPED = {"rtol": 1e-6, "atol": 1e-7}
 
 _STEP_RECIPE = ("one training step is: optimizer.zero_grad(), loss = loss_fn(model(x), y), loss.backward(), "
                 "optimizer.step(), return loss.item()")
