@@ -21,8 +21,8 @@ from .checks.toy_module import check_forgotten_init, check_mirrors_torch, check_
 from .checks.reference import check_matches_reference
 from .checks.report import CheckFailed, GraderError
 from .checks.saving import check_checkpoint_round_trip, check_loads_state_dict
-from .checks.training import (check_counter, check_optimizer, check_predict, check_same_function,
-                       check_training_step)
+from .checks.fixes import check_log, check_same_function
+from .checks.training import check_counter, check_optimizer, check_predict, check_training_step
 
 __all__ = [
     "CheckFailed", "GraderError", "check_matches_reference", "check_counting", "check_device_transfer", "check_eval_behaviour", "check_gradient_flow",
@@ -31,6 +31,6 @@ __all__ = [
     "check_finds_first_nonfinite", "check_grad_norms", "check_keeps_output", "check_no_hook_leak",
     "check_pre_hook_validates", "check_records_activations",
     "check_forgotten_init", "check_mirrors_torch", "check_unknown_attribute",
-    "check_counter", "check_optimizer", "check_predict", "check_same_function", "check_training_step",
+    "check_counter", "check_log", "check_optimizer", "check_predict", "check_same_function", "check_training_step",
     "check_call_pipeline", "check_export_agrees", "check_checkpoint_round_trip", "check_loads_state_dict",
 ]

@@ -11,5 +11,6 @@ layers      unit 03: a layer beside the torch layer it re-implements
 hooks       unit 05: hook utilities
 export      unit 06: the call pipeline and torch.export
 saving      unit 06: checkpoints and state_dict loading
-training    unit 07: optimizers, training steps, prediction, counters
+training    unit 07: optimizers, training steps, single-sample prediction, counters
+fixes       units 05-07: a fix keeps the broken model's function (check_same_function) and its log
 """

@@ -222,6 +222,9 @@ _KNOWN_ERRORS = [
      "two layers do not chain: one layer's out_features must equal the next one's in_features"),
     ("does not require grad and does not have a grad_fn",
      "the output is cut off from autograd (.detach(), .numpy(), .data or torch.no_grad() in forward)"),
+    ("support the deepcopy protocol",
+     "the model keeps a tensor that is still attached to an autograd graph (a log, a statistic, a cache), and "
+     "copy.deepcopy refuses it: a value a module keeps between calls must let go of the graph (.item() or .detach())"),
     ("modified by an inplace operation",
      "a tensor autograd still needs was changed in place (an `x += ...`, `x[...] = ...` or a method ending in `_`): use the out-of-place form"),
 ]

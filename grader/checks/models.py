@@ -171,6 +171,10 @@ def check_eval_behaviour(model, example, *, device):
         strays = unregistered_leaves(m, _forward(m, inputs, title, where))
         details += [f"a trainable tensor of shape {list(t.shape)} is not registered: a layer created inside "
                     "forward gets new random weights at every call" for t in strays]
+        if not details and not any(isinstance(sub, nn.modules.dropout._DropoutNd) for sub in m.modules()):
+            details.append("the model holds no nn.Dropout module: the randomness comes from a call in forward that "
+                           "model.eval() does not switch off (model.eval() only sets the `training` flag of each "
+                           "registered module)")
         hint = ("build every layer once in __init__" if strays else
                 "something random is still active: a Dropout that model.eval() cannot reach, or "
                 "F.dropout(..., training=True) instead of training=self.training")

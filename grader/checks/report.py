@@ -30,6 +30,12 @@ class CheckFailed(AssertionError):
     def _render_traceback_(self) -> list[str]:  # IPython shows these lines instead of a traceback
         return _shown(str(self))
 
+    @property
+    def diagnosis(self) -> str:
+        """What is wrong and where, without the hint on how to fix it: what the debugging clinic's diagnosis
+        cells show, since finding the fix is the exercise."""
+        return "\n".join(line for line in _shown(str(self)) if not line.startswith("Hint:"))
+
 
 class GraderError(Exception):
     """The grader itself failed inside a check: a bug of the grader or of the test, never the student's.
@@ -81,6 +87,10 @@ def own_errors(check: str):
         if student_line(error):
             raise CheckFailed(f"{FAIL} {check}: your code raised {describe_error(error)}\n"
                               f"Hint: {explain_error(error)}") from None
+        if isinstance(error, RuntimeError) and "support the deepcopy protocol" in str(error):
+            # torch refuses to deep-copy a non-leaf tensor: the check copied a model that keeps one
+            raise CheckFailed(f"{FAIL} {check}: the model cannot be copied (copy.deepcopy raised RuntimeError: "
+                              f"{str(error).split('.')[0]})\nHint: {explain_error(error)}") from None
         raise GraderError(check, error) from None
 
 
