@@ -8,9 +8,9 @@ a property that must hold. An entry whose number is gone from its lesson, or is 
 """
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import nbformat
 import torch

@@ -19,7 +19,6 @@ backed. It catches what matters: a count, a measurement or a quoted figure that 
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import nbformat
 import pytest
