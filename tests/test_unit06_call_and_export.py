@@ -15,7 +15,7 @@ from torch.nn.modules import module as torch_module
 from conftest import ROOT, printed_by, rejected, run_cells
 from grader import (check_call_pipeline, check_checkpoint_round_trip, check_export_agrees,
                     check_loads_state_dict, check_same_function)
-from grader.checks.saving import renamed_prefixes
+from grader.checks.state_dict_keys import renamed_prefixes
 
 pytestmark = pytest.mark.device
 
@@ -56,7 +56,7 @@ def test_reference_pipeline_passes_every_part_and_leaves_no_hook(nb, capsys):
     before = global_hooks()
     check_call_pipeline(nb["call_module"], MLP, EXAMPLE)
     out, err = capsys.readouterr()
-    assert ("✓ call pipeline: call_module matches module(...) with 22 hooks (forward, kwargs, always_call, backward)"
+    assert ("✓ call pipeline: call_module matches module(...) with 27 hooks (forward, kwargs, always_call, backward)"
             in out)
     assert err == "" and global_hooks() == before
 
@@ -85,7 +85,7 @@ WRONG_PIPELINES = {
         ("forward",), ["call_module ran forward hook `post_shift` before global forward hook `global_post`"]),
     "a single value from a pre-hook not wrapped": (
         [("args = new if isinstance(new, tuple) else (new,)", "args = new")],
-        ("forward",), ["raised TypeError: _Probe.forward() takes 2 positional arguments",
+        ("forward",), ["raised TypeError: Probe.forward() takes 2 positional arguments",
                        "a pre-hook that returns a single value (not a tuple) replaces args with (value,)"]),
     "forward hook return values ignored": (
         [("            if new is not None:\n                result = new\n        if bw", "        if bw")],
@@ -118,7 +118,7 @@ WRONG_PIPELINES = {
           "                        new = hook(module, args, result)",
           "                    new = hook(module, args, result)")],
         ("always_call",), ["call_module never ran forward hook `post_always_kwargs`",
-                           "as hook(module, args, kwargs, None)"]),
+                           "as hook(module, args, kwargs, result)"]),
     "the error swallowed": (
         [("        raise\n", "        return result\n")],
         ("always_call",), ["forward raised an error, but call_module returned normally", "re-raise"]),
