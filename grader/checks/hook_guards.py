@@ -123,8 +123,13 @@ def _passes_valid(title, where, model, hook, inputs, dtype, device):
 
 def _replaced(title, where, kind, shape, given, got):
     __tracebackhide__ = True
-    what = (f"a {str(got.dtype).removeprefix('torch.')} tensor" if isinstance(got, torch.Tensor) and got.dtype != given.dtype
-            else "a copy" if isinstance(got, torch.Tensor) else type(got).__name__)
+    if not isinstance(got, torch.Tensor):
+        what = f"a {type(got).__name__}"
+    elif got.dtype != given.dtype:
+        what = f"a {str(got.dtype).removeprefix('torch.')} tensor"
+    else:
+        same = got.shape == given.shape and torch.equal(got.detach(), given.detach())
+        what = "a copy of it" if same else "another tensor"
     fail(title, f"for a valid {kind} input of shape {shape}, forward got {what}, not the tensor the caller passed",
          hint="a valid input must go on unchanged: return None from the hook (a pre-hook's return value, when not "
               "None, replaces the input: a cast or a copy is a different tensor)", devices=where)
@@ -250,6 +255,10 @@ def _wrong_module(title, where, name, model, order, target, value, got):
             hint = ("the model's own forward produced it, after all its children: hook every module of "
                     "model.named_modules(), the model itself (name '') included, and call the model as model(...)")
         fail(title, f"{name} found nothing, but {label} outputs {bad}", hint=hint, devices=where)
+    if isinstance(got, str) and got and target.startswith(got + "."):
+        fail(title, f"{name} returned {got!r}, which contains {label}, the module that output {bad} first",
+             hint="hook every module of model.named_modules(), nested ones included (named_children() lists only "
+                  "the top level): a container outputs what its children computed", devices=where)
     if got in order and order.index(got) > order.index(target):
         fail(title, f"{name} returned {got!r}, but {label} output {bad} first; later modules only inherit it",
              [f"forward hooks fired in this order: {order}"],

@@ -189,9 +189,15 @@ def _compare_records(title, where, name, model, acts, truth, truth_first):
         else:
             details.append(f"recorded {n!r}, which is not a name from model.named_modules()")
     if details:
+        hint = ("a leaf module has no children (next(module.children(), None) is None); record every one, with or "
+                "without parameters, under its name from named_modules()")
+        registered = [n for n in modules if n in truth]
+        if len(truth) > 1 and list(acts) == registered[-1:]:
+            hint = ("acts holds only the last leaf's name: a hook made in a loop (a lambda or a def) that reads the "
+                    "loop variable sees its last value when it runs; bind it now: lambda module, args, output, "
+                    "name=name: ..., or functools.partial(keep, name)")
         fail(title, f"acts holds {plural(len(acts), 'record')}; the model has {plural(len(truth), 'leaf module')}",
-             details, hint="a leaf module has no children (next(module.children(), None) is None); record every "
-                           "one, with or without parameters, under its name from named_modules()", devices=where)
+             details, hint=hint, devices=where)
     order, fired = list(acts), list(truth)
     if order != fired:
         fail(title, "the records are not in the order the modules ran",
@@ -284,6 +290,10 @@ def _backward(title, where, model, inputs, label, before_remove=None):
                 "after it (such as nn.ReLU(inplace=True)) may not change: hook the parameters instead "
                 "(p.register_hook)" if "BackwardHookFunction" in str(error) else
                 "the error comes from a hook (yours run inside backward): " + explain_error(error))
+        if isinstance(error, AttributeError) and "'NoneType'" in str(error):
+            hint = ("the error comes from a hook (yours run inside backward). If it reads p.grad: a tensor hook "
+                    "(p.register_hook) runs before p.grad is set, so use the gradient it receives as its argument, "
+                    "or p.register_post_accumulate_grad_hook, which runs once p.grad is set")
         fail(title, f"{label} raised {describe_error(error)}", hint=hint, devices=where)
 
 

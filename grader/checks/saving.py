@@ -276,9 +276,11 @@ def check_checkpoint_round_trip(save: Callable, load: Callable, model, example, 
              devices=where)
     if isinstance(step, torch.Tensor) or not isinstance(step, int) or isinstance(step, bool):
         kind = "a tensor" if isinstance(step, torch.Tensor) else f"a {type(step).__name__}"
+        why = (": with a tensor step, step + 1 is a tensor again and json.dumps refuses it"
+               if isinstance(step, torch.Tensor) else "")
         fail(title, f"{load_name}(...) returned {step!r}, {kind}; the step is the int {steps}",
-             hint=f"store the step as the plain int {save_name} is given ('step': step) and return it as it is: "
-                  "with a tensor step, step + 1 is a tensor again and json.dumps refuses it", devices=where)
+             hint=f"store the step as the plain int {save_name} is given ('step': step) and return it as it is{why}",
+             devices=where)
     if step != steps:
         fail(title, f"{load_name}(...) returned {step!r}; the step saved was {steps}",
              hint=f"save the step you are given in {save_name} and return the stored value from {load_name}",

@@ -235,8 +235,13 @@ def check_key_upgrade(upgrade: Callable, reference: Callable, keys, *, device):
             continue
         went = [k for k, v in result.items() if _same_value(v, value) and k != want]
         if want in result:
-            changed_values = True
-            lines.append(f"`{want}` (from `{key}`) holds another value: {_describe(result[want])}, not {_describe(value)}")
+            source = next((k for k in keys if k != key and _same_value(result[want], values[k])), None)
+            if source is not None:
+                lines.append(f"`{want}` holds the value of `{source}`, not the value of `{key}`")
+            else:
+                changed_values = True
+                lines.append(f"`{want}` (from `{key}`) holds another value: {_describe(result[want])}, not "
+                             f"{_describe(value)}")
         elif went and want == key:
             renamed_too = True
             lines.append(f"`{key}` must stay as it is; yours renamed it to `{went[0]}`")
@@ -263,7 +268,7 @@ def check_key_upgrade(upgrade: Callable, reference: Callable, keys, *, device):
 
 def _describe(value) -> str:
     if isinstance(value, torch.Tensor):
-        return f"a {str(value.dtype).removeprefix('torch.')} tensor of shape {list(value.shape)}"
+        return f"a tensor of dtype {str(value.dtype).removeprefix('torch.')} and shape {list(value.shape)}"
     return type(value).__name__
 
 
