@@ -142,7 +142,8 @@ def explain_export_error(error: BaseException) -> tuple[str, str]:
                 "each branch of torch.cond must return a new tensor: return h.clone(), not h")
     merge = re.search(r"output in torch\.cond,\s+expected same (\w+) but got ([^\"')]+)", text)
     if merge or "Unmatched output spec from torch.cond" in text:
-        what = (f"the two branches return tensors with a different {merge.group(1)} ({merge.group(2).strip()})"
+        kind = {"dim": "number of dimensions"}.get(merge.group(1), merge.group(1)) if merge else ""
+        what = (f"the two branches return tensors with a different {kind} ({merge.group(2).strip().rstrip('.')})"
                 if merge else "the two branches return a different number of tensors")
         return (f"torch.cond refused branches that do not match: {what}",
                 "torch.cond needs both branches to return the same structure (as many tensors), each with the same "
