@@ -61,7 +61,7 @@ def test_reference_pipeline_passes_every_part_and_leaves_no_hook(nb, capsys):
     before = global_hooks()
     check_call_pipeline(nb["call_module"], MLP, EXAMPLE)
     out, err = capsys.readouterr()
-    assert ("✓ call pipeline: call_module matches module(...) with 27 hooks (forward, kwargs, always_call, backward)"
+    assert ("✓ call pipeline: call_module matches module(...) with 28 hooks (forward, kwargs, always_call, backward)"
             in out)
     assert err == "" and global_hooks() == before
 
@@ -139,6 +139,12 @@ WRONG_PIPELINES = {
         ("always_call",), ["call_module never ran forward hook `post_always_late`",
                            "torch: forward() → global forward hook `global_always` → forward hook `post_always` → "
                            "forward hook `post_raise` → forward hook `post_always_late`", "when forward or a hook raises"]),
+    "always_call results dropped after an error": (
+        [("                    if new is not None:\n                        result = new\n                except Exception:",
+          "                except Exception:")],
+        ("always_call",), ["with call_module, forward hook `post_always_last` got other output than torch gives it",
+                           "`post_always_late`: registered with always_call=True, after `post_raise`; returns output * 3",
+                           "after an error, always_call hooks get the result so far"]),
     "the error swallowed": (
         [("        raise\n", "        return result\n")],
         ("always_call",), ["forward raised an error, but call_module returned normally", "re-raise"]),

@@ -291,7 +291,8 @@ def _backward_scenario() -> Scenario:
 
 
 def _hook_raises_scenario() -> Scenario:
-    """A forward hook raises after two always_call hooks ran: those two must not run again; a later one must."""
+    """A forward hook raises after two always_call hooks ran: those two must not run again; the later ones must, each
+    with the result the one before it left."""
     def glob_always(probe, trace):
         def hook(module, args, output):
             trace.append(Event("global forward hook", "global_always", {"output": copy_values(output)}))
@@ -313,7 +314,13 @@ def _hook_raises_scenario() -> Scenario:
         def hook(module, args, output):
             trace.append(Event("forward hook", "post_always_late", {"args": copy_values(args),
                                                                     "output": copy_values(output)}))
+            return output * 3
         return probe.register_forward_hook(_named(hook, "post_always_late"), always_call=True)
+
+    def post_always_last(probe, trace):
+        def hook(module, args, output):
+            trace.append(Event("forward hook", "post_always_last", {"output": copy_values(output)}))
+        return probe.register_forward_hook(_named(hook, "post_always_last"), always_call=True)
 
     def post_plain_late(probe, trace):
         def hook(module, args, output):
@@ -323,13 +330,14 @@ def _hook_raises_scenario() -> Scenario:
     return Scenario("always_call", [
         ("global forward hook", "global_always", glob_always), ("forward hook", "post_always", post_always),
         ("forward hook", "post_raise", post_raise), ("forward hook", "post_always_late", post_always_late),
-        ("forward hook", "post_plain_late", post_plain_late),
+        ("forward hook", "post_plain_late", post_plain_late), ("forward hook", "post_always_last", post_always_last),
     ], error=HookError, does={
         "global_always": "register_module_forward_hook(..., always_call=True); returns None",
         "post_always": "registered with always_call=True; returns output * 2",
         "post_raise": "an ordinary forward hook that raises HookError",
-        "post_always_late": "registered with always_call=True, after `post_raise`",
+        "post_always_late": "registered with always_call=True, after `post_raise`; returns output * 3",
         "post_plain_late": "an ordinary forward hook, after `post_raise`",
+        "post_always_last": "registered with always_call=True, last",
     })
 
 
