@@ -474,6 +474,10 @@ def first_nonfinite(model, *inputs):
     Wrong("leak_answer", "body called through .forward()",
           feature_net(forward="return self.head(self.body.forward(x))"),
           fails={"test_leak_fixed": ["`body` ran without its hooks", "self.body.forward(x) skips every hook"]}),
+    Wrong("leak_answer", "head called through .forward()",
+          feature_net(forward="return self.head.forward(self.body(x))"),
+          fails={"test_leak_fixed": ["`head` (nn.Linear): its parameters are in the output's graph, but `head(...)` "
+                                     "was never called"]}),
     Wrong("leak_answer", "keeps the output attached to the graph", feature_net(keep="self.features = output"),
           fails={"test_leak_fixed": ["still attached to the autograd graph", "output.detach()"]}),
     Wrong("leak_answer", "a pre-hook keeps the input", feature_net(
