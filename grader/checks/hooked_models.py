@@ -6,13 +6,12 @@
   ``module(...)``, so that hooks (the model's and anyone else's) see it.
 """
 
-import contextlib
-
 import torch
 from torch import nn
 
 from .hooks import SAME, _calls_model, _leftovers, _other
-from .runner import LEAK_HINT, LEAK_PROBLEM, _build, _check, _graph_leaves, _inputs, _outputs, hook_counts, hook_leaks
+from .runner import (LEAK_HINT, LEAK_PROBLEM, _build, _check, _graph_leaves, _inputs, _outputs, _watching_calls,
+                     hook_counts, hook_leaks)
 from .report import fail, plural
 
 
@@ -34,16 +33,6 @@ def check_no_hook_leak(model, example, *, calls: int = 3, device):
     if left:
         summary = f"its hooks are registered on the first call only ({plural(calls, 'call')})"
     return summary, total
-
-
-@contextlib.contextmanager
-def _calls_into(called: set):
-    """Note the id of every module called as `module(...)` while inside (a global forward pre-hook)."""
-    handle = nn.modules.module.register_module_forward_pre_hook(lambda module, args: called.add(id(module)))
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 def _ran_without_hooks(target: nn.Module, called: set, output) -> bool:
@@ -70,7 +59,7 @@ def check_keeps_output(model, example, attribute: str, module: str, *, detached:
         seen, called = [], set()
         handle = target.register_forward_hook(lambda mod, args, output: seen.append(_outputs(output)))
         try:
-            with _calls_into(called):
+            with _watching_calls(called):
                 output = _calls_model(title, where, m, batch, f"(call {k})")
         finally:
             handle.remove()

@@ -25,8 +25,8 @@ from torch import nn
 from .runner import _build, _check, _forward, _inputs, _loss, _outputs
 from .diagnose import describe_error, explain_error, type_name
 from .report import CheckFailed, fail, plural
-from .state_dict_keys import (_dotted_prefixes, _mismatch_hint, _not_a_state_dict, _rests,  # noqa: F401 (re-exported)
-                              check_key_upgrade, input_changes, renamed_prefixes, state_dict_mismatch)
+from .state_dict_keys import _mismatch_hint, _not_a_state_dict, input_changes, state_dict_mismatch
+from .state_dict_keys import _dotted_prefixes, _rests, renamed_prefixes  # noqa: F401 (their old home, still imported)
 
 _folders = itertools.count()
 
