@@ -1,16 +1,20 @@
 """The checks students call, one module per topic; `grader` exports them.
 
-runner      how every check runs: device matrix, fresh model, seeded inputs, verdict line
-report      the verdict line, CheckFailed, keeping warnings off stderr
-diagnose    what is wrong with a model, in the student's terms
-devices     the device matrix (cpu, plus cuda when present; GRADER_DEVICES)
-models      trainable count, gradient flow, eval behaviour, learning, device transfer (units 01, 04, 07)
-counting    counting and finding functions students write (units 01, 04)
-toy_module  unit 02: a toy module beside nn.Module on mirrored trees
-layers      unit 03: a layer beside the torch layer it re-implements
-hooks       unit 05: hook utilities
-export      unit 06: the call pipeline and torch.export
-saving      unit 06: checkpoints and state_dict loading
-training    unit 07: optimizers, training steps, single-sample prediction, counters
-fixes       units 05-07: a fix keeps the broken model's function (check_same_function) and its log
+runner          how every check runs: device matrix, fresh model, seeded inputs, verdict line
+report          the verdict line, CheckFailed, keeping warnings off stderr
+diagnose        what is wrong with a model, in the student's terms
+devices         the device matrix (cpu, plus cuda when present; GRADER_DEVICES)
+models          trainable count, gradient flow, eval behaviour, learning, device transfer (units 01, 04, 07)
+counting        counting and finding functions students write (units 01, 04)
+toy_module      unit 02: a toy module beside nn.Module on mirrored trees
+layers          unit 03: a layer beside the torch layer it re-implements
+hooks           unit 05: hook utilities (activation recorder, gradient norms) and the helpers below share
+hook_guards     unit 05: a validating pre-hook, the first module to output NaN or Inf
+hooked_models   unit 05: models that use hooks (no hook leak, a kept output)
+call_pipeline   unit 06: a function that does what module(...) does (pipeline_probe: its probe and hooks)
+export          unit 06: torch.export with a dynamic batch, against eager
+saving          unit 06: checkpoints and state_dict loading
+state_dict_keys unit 06: why a state_dict does not fit, and functions that rename its keys
+training        unit 07: optimizers, training steps, single-sample prediction, counters
+fixes           units 05-07: a fix keeps the broken model's function (check_same_function) and its log
 """

@@ -176,7 +176,7 @@ def _other_mode(ref, inputs, mode: str, seed: int):
         return None
 
 
-def _compare_outputs(title, where, mode, yours, truth, other_mode_truth):
+def _compare_outputs(title, where, mode, yours, truth, other_mode_truth, inputs=()):
     __tracebackhide__ = True
     mine, ref = _flat(yours), _flat(truth)
     if [p for p, _ in mine] != [p for p, _ in ref]:
@@ -197,8 +197,16 @@ def _compare_outputs(title, where, mode, yours, truth, other_mode_truth):
             if isinstance(c, torch.Tensor) and _close(a, c) and not _close(b, c):
                 hint = (f"your {mode}-mode output is what the exercise's model gives in {other} mode: a layer "
                         f"ignores the mode (`self.training`; e.g. F.dropout(..., training=self.training))")
-            fail(title, f"with the same weights and inputs, your {mode}-mode `{path}` differs from the exercise's",
-                 _difference(path, a, b), hint=hint, devices=where)
+            fail(title, f"with the same weights and inputs, your {mode}-mode `{path}` differs from the exercise's"
+                        f"{_shapes(inputs)}", _difference(path, a, b), hint=hint, devices=where)
+
+
+def _shapes(inputs) -> str:
+    """" (input of shape [2, 7])": the size of the case that failed, since a check may try several."""
+    shapes = [list(x.shape) for x in inputs if isinstance(x, torch.Tensor)]
+    if not shapes:
+        return ""
+    return f" (input of shape {shapes[0]})" if len(shapes) == 1 else f" (inputs of shapes {shapes})"
 
 
 def _structure(output) -> str:
@@ -274,7 +282,7 @@ def _matches(build, reference, example, *, modes=MODES, device):
         other_truth = _other_mode(ref, ref_inputs, mode, seed)
         truth = _run(ref, ref_inputs, title, where, seed, True)
         yours = _run(student, inputs, title, where, seed, False)
-        _compare_outputs(title, where, mode, yours, truth, other_truth)
+        _compare_outputs(title, where, mode, yours, truth, other_truth, inputs)
         if mode == "train":
             _compare_buffers(title, where, mode, student, ref_tensors, names)
         loss_truth = _loss(truth)
