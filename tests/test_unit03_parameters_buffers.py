@@ -155,7 +155,38 @@ def test_gradients_cut_from_the_batch_statistics_are_reported(nb):
             return (x - mean) / torch.sqrt(var + self.eps) * self.weight + self.bias
 
     rejected(lambda: check_matches_torch(DetachedStats, nn.BatchNorm1d, 4, example=(6, 4)),
-             "the outputs agree but the gradient of the input differs", "must stay in the autograd graph")
+             "the outputs agree but the gradient of the input differs",
+             "the batch mean and variance you normalise with are cut from the autograd graph")
+
+
+class EpsVariant(VariantBN):
+    """eps misplaced: outside the square root, or left out. With the default eps=1e-5 the outputs stay within
+    tolerance, so only the gradient can tell; the hint must name eps, not a graph cut that is not there."""
+
+    def __init__(self, *args, eps_at="missing", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.eps_at = eps_at
+
+    def forward(self, x):
+        super().forward(x)  # the running statistics, as torch updates them
+        mean, var = (x.mean(0), x.var(0, correction=0)) if self.training else (self.running_mean, self.running_var)
+        scale = torch.sqrt(var) + self.eps if self.eps_at == "outside" else torch.sqrt(var)
+        return (x - mean) / scale * self.weight + self.bias
+
+
+@pytest.mark.parametrize("eps, fragments", [
+    (1e-5, ["the outputs agree but the gradient of the input differs", "largest gap", "eps is missing"]),
+    (1e-3, ["the output differs from torch", "eps is missing: torch divides by sqrt(var + eps)"]),
+])
+def test_a_missing_eps_is_named_not_blamed_on_the_graph(eps, fragments):
+    message = rejected(lambda: check_matches_torch(EpsVariant, nn.BatchNorm1d, 6, eps=eps, example=(8, 6)), *fragments)
+    assert "autograd graph" not in message
+
+
+def test_eps_outside_the_square_root_is_named():
+    build = lambda *args, **kwargs: EpsVariant(*args, eps_at="outside", **kwargs)  # noqa: E731
+    rejected(lambda: check_matches_torch(build, nn.BatchNorm1d, 17, eps=1e-3, example=(32, 17)),
+             "eps goes inside the square root")
 
 
 def test_a_generic_layer_is_compared_too():

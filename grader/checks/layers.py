@@ -138,17 +138,25 @@ def _close(yours: torch.Tensor, truth: torch.Tensor) -> bool:
     return torch.allclose(a, b, rtol=TOLERANCE["rtol"], atol=TOLERANCE["atol"] * scale, equal_nan=True)
 
 
-def _values(t: torch.Tensor, n: int = 4) -> str:
+def _values(t: torch.Tensor, n: int = 4, start: int = 0) -> str:
     flat = t.detach().double().flatten().cpu()
-    shown = ", ".join(f"{v:.4f}" if t.is_floating_point() else f"{int(v)}" for v in flat[:n].tolist())
-    return f"[{shown}{', ...' if flat.numel() > n else ''}]" if t.dim() else shown
+    shown = ", ".join(f"{v:.4f}" if t.is_floating_point() else f"{int(v)}" for v in flat[start:start + n].tolist())
+    before = "..., " if start else ""
+    return f"[{before}{shown}{', ...' if flat.numel() > start + n else ''}]" if t.dim() else shown
 
 
-def _side_by_side(yours: torch.Tensor, truth: torch.Tensor, theirs: str = "torch") -> list[str]:
-    lines = [f"yours: {_values(yours)}", f"{theirs}: {_values(truth)}"]
+def _side_by_side(yours: torch.Tensor, truth: torch.Tensor, theirs: str = "torch", n: int = 4) -> list[str]:
+    """Yours above theirs, from the largest gap on (so two rows that look alike still show where they differ)."""
+    start = 0
     if yours.shape == truth.shape and yours.numel():
-        gap = (yours.detach().double().cpu() - truth.detach().double().cpu()).abs().max().item()
-        lines[-1] += f" (largest gap {gap:.3g})"
+        diff = (yours.detach().double().cpu() - truth.detach().double().cpu()).abs().flatten()
+        diff = torch.nan_to_num(diff, nan=float("inf"))
+        worst = int(diff.argmax())
+        start = worst if worst >= n else 0
+    lines = [f"yours: {_values(yours, n, start)}", f"{theirs}: {_values(truth, n, start)}"]
+    if yours.shape == truth.shape and yours.numel():
+        at = [int(i) for i in torch.unravel_index(torch.tensor(worst), yours.shape)] if yours.dim() else []
+        lines[-1] += f" (largest gap {diff.max().item():.3g}" + (f" at {at})" if at else ")")
     elif yours.shape != truth.shape:
         lines[-1] += f" (shapes {list(yours.shape)} vs {list(truth.shape)})"
     return lines
@@ -159,6 +167,19 @@ def _first_match(yours: torch.Tensor, suspects) -> str | None:
         if value is not None and _close(yours, value):
             return hint
     return None
+
+
+def _closest_match(yours: torch.Tensor, truth: torch.Tensor, suspects) -> str | None:
+    """The hint of the suspect nearest to yours, if it is within tolerance and far nearer than the truth (where
+    two mistakes give nearly the same numbers, the nearest one names it); else None: right or silent."""
+    def gap(value):
+        return (yours.detach().double().cpu() - value.detach().double().cpu()).abs().max().item()
+
+    near = [(gap(value), hint) for hint, value in suspects if value is not None and _close(yours, value)]
+    if not near:
+        return None
+    best, hint = min(near, key=lambda pair: pair[0])
+    return hint if best * 10 < gap(truth) else None
 
 
 def check_tensors(yours: dict, expected: dict, title: str = "tensors", *, source: str = "torch"):
@@ -340,10 +361,7 @@ def _compare_gradients(yours, ref, out, truth, x_yours, x_ref, context, title, w
         if not _close(got, want):
             fail(title, f"at {context}, the outputs agree but the gradient of {label} differs",
                  _side_by_side(got, want),
-                 hint=("the batch mean and variance you normalise with must stay in the autograd graph: "
-                       "detach only what updates the running statistics"
-                       if isinstance(ref, nn.modules.batchnorm._BatchNorm) else
-                       "part of forward is cut from the graph: .detach(), .data or torch.no_grad()"),
+                 hint=_closest_match(got, want, _gradient_suspects(ref, x_ref.detach(), label)) or _GRADIENT_HINT,
                  devices=where)
     for p in list(yours.parameters()) + list(ref.parameters()):
         p.grad = None
@@ -377,12 +395,57 @@ def _batch_stats(x: torch.Tensor):
     return x.mean(dims), x.var(dims, correction=0), x.var(dims, correction=1)
 
 
-def _normalise(ref, x, mean, var, weight=None, bias=None, eps_outside=False):
+def _normalise(ref, x, mean, var, weight=None, bias=None, eps_outside=False, eps=None):
     shape = (1, -1) + (1,) * (x.dim() - 2)
     if eps_outside:
         y = (x - mean.view(shape)) / (var.view(shape).sqrt() + ref.eps)
         return y if weight is None else y * weight.view(shape) + bias.view(shape)
-    return F.batch_norm(x, mean, var, weight, bias, training=False, eps=ref.eps)
+    return F.batch_norm(x, mean, var, weight, bias, training=False, eps=ref.eps if eps is None else eps)
+
+
+_GRADIENT_HINT = ("your output is within the tolerance of torch's, yet its gradient is not: the two formulas differ "
+                  "slightly (compare yours with torch's term by term), or part of forward is hidden from autograd "
+                  "(.detach(), .data or torch.no_grad())")
+
+# Train-mode formulas torch's gradient would come from under each likely mistake, and what to say when it matches.
+_GRADIENT_MISTAKES = [
+    ({"cut_mean": True, "cut_var": True},
+     "the batch mean and variance you normalise with are cut from the autograd graph (.detach(), .data, "
+     "torch.no_grad()): keep them in it, and detach only what updates the running statistics"),
+    ({"cut_mean": True},
+     "the batch mean you normalise with is cut from the autograd graph (.detach(), .data, torch.no_grad()): "
+     "keep it in it, and detach only what updates the running statistics"),
+    ({"cut_var": True},
+     "the batch variance you normalise with is cut from the autograd graph (.detach(), .data, torch.no_grad()): "
+     "keep it in it, and detach only what updates the running statistics"),
+    ({"eps": "outside"}, "eps goes inside the square root: torch divides by sqrt(var + eps)"),
+    ({"eps": "missing"}, "eps is missing: torch divides by sqrt(var + eps)"),
+]
+
+
+def _train_formula(ref, x, weight, bias, cut_mean=False, cut_var=False, eps="inside"):
+    dims = [0] + list(range(2, x.dim()))
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    mean, var = x.mean(dims, keepdim=True), x.var(dims, correction=0, keepdim=True)
+    mean, var = (mean.detach() if cut_mean else mean), (var.detach() if cut_var else var)
+    scale = {"inside": (var + ref.eps).sqrt(), "outside": var.sqrt() + ref.eps, "missing": var.sqrt()}[eps]
+    y = (x - mean) / scale
+    return y if weight is None else y * weight.view(shape) + bias.view(shape)
+
+
+def _gradient_suspects(ref, x, label):
+    """(hint, the gradient of `label` under that mistake) for a BatchNorm in train mode; [] otherwise."""
+    if not _is_batchnorm(ref) or not ref.training:
+        return []
+    suspects = []
+    for options, hint in _GRADIENT_MISTAKES:
+        x_in = x.detach().clone().requires_grad_()
+        w, b = ((ref.weight.detach().clone().requires_grad_(), ref.bias.detach().clone().requires_grad_())
+                if ref.affine else (None, None))
+        _loss(_train_formula(ref, x_in, w, b, **options)).backward()
+        grads = {"the input": x_in.grad, "`weight`": getattr(w, "grad", None), "`bias`": getattr(b, "grad", None)}
+        suspects.append((hint, grads.get(label)))
+    return suspects
 
 
 def _factor(ref, counted: int) -> float:
@@ -402,6 +465,7 @@ def _output_suspects(ref, x, before):
                                                      before.get("running_var", biased), w, b)),
         ("eps goes inside the square root: torch divides by sqrt(var + eps)",
          _normalise(ref, x, mean, biased, w, b, eps_outside=True)),
+        ("eps is missing: torch divides by sqrt(var + eps)", _normalise(ref, x, mean, biased, w, b, eps=0.0)),
     ]
     if ref.affine:
         suspects += [
