@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .runner import SEED, _build, _check, _inputs, _loss
-from .diagnose import describe_error, explain_error, find_hidden, type_name
-from .report import fail, plural, quiet, verdict
+from .diagnose import describe_error, explain_error, find_hidden, student_line, type_name
+from .report import GraderError, fail, plural, quiet, verdict
 
 # Loose enough for a student's formula against torch's fused kernels in float32, tight enough
 # for every mistake below: N vs N - 1 is 1/N apart, a wrong momentum is far apart.
@@ -99,6 +99,13 @@ def _graph_problems(model: nn.Module) -> list[str]:
             for name, b in model.named_buffers() if b.requires_grad]
 
 
+def _shared_with_parameters(model: nn.Module) -> list[str]:
+    """Buffers whose memory is a parameter's (registered as `p` or `p.detach()` instead of a copy)."""
+    owners = {p.untyped_storage().data_ptr(): name for name, p in model.named_parameters() if p.numel()}
+    return [f"buffer `{name}` is the memory of parameter `{owners[b.untyped_storage().data_ptr()]}`"
+            for name, b in model.named_buffers() if b.numel() and b.untyped_storage().data_ptr() in owners]
+
+
 _GRAPH_HINT = ("update buffers under torch.no_grad() (or from .detach()ed values): a buffer is state, "
                "and a graph kept in it grows at every step")
 
@@ -115,6 +122,11 @@ def check_roles(model, *, parameters=(), buffers=(), non_persistent=(), device):
     details, hint = _role_problems(m, expected, "the exercise")
     if details:
         fail(title, f"{plural(len(details), 'difference')} from what the exercise asks", details, hint=hint, devices=where)
+    shared = _shared_with_parameters(m)
+    if shared:
+        fail(title, "a buffer shares its memory with a parameter, so it changes whenever the parameter does", shared,
+             hint="register a copy of the value: tensor.detach().clone() (detach() alone keeps the same memory)",
+             devices=where)
     graphs = _graph_problems(m)
     if graphs:
         fail(title, "a buffer holds an autograd graph", graphs, hint=_GRAPH_HINT, devices=where)
@@ -182,10 +194,19 @@ def _closest_match(yours: torch.Tensor, truth: torch.Tensor, suspects) -> str | 
     return hint if best * 10 < gap(truth) else None
 
 
-def check_tensors(yours: dict, expected: dict, title: str = "tensors", *, source: str = "torch"):
-    """Each tensor in ``yours`` matches the tensor of the same name in ``expected`` (computed by the test cell)."""
+def check_tensors(yours, expected: dict | None = None, title: str = "tensors", *, source: str = "torch"):
+    """Each tensor in ``yours`` matches the tensor of the same name in ``expected`` (computed by the test cell).
+
+    ``yours`` may be a zero-argument function that runs the student's code and returns that dict, or the pair
+    (yours, expected) when both come from one run (leave ``expected`` out then). It is called inside the check,
+    so an error in the student's code, such as a stub's NotImplementedError, is explained rather than raised.
+    """
     __tracebackhide__ = True
     with quiet():
+        if callable(yours):
+            yours = _run(yours, title)
+            if expected is None:
+                yours, expected = yours
         missing = [n for n in expected if n not in yours]
         extra = [n for n in yours if n not in expected]
         if missing or extra:
@@ -204,6 +225,17 @@ def check_tensors(yours: dict, expected: dict, title: str = "tensors", *, source
                 fail(title, f"`{name}` differs from {source}", _side_by_side(got, truth, source),
                      hint="compare your update with the formula in the exercise, one step at a time")
     verdict(title, f"{plural(len(expected), 'tensor')} match {source}")
+
+
+def _run(code, title: str):
+    """code(): an error from the student's code is a verdict on it; any other is the grader's own."""
+    __tracebackhide__ = True
+    try:
+        return code()
+    except Exception as error:
+        if not student_line(error):
+            raise GraderError(title, error) from None
+        fail(title, f"running your code raised {describe_error(error)}", hint=explain_error(error))
 
 
 # --- a layer beside the torch layer it re-implements ------------------------------------------

@@ -35,6 +35,16 @@ def _flat(output, path: str = "output") -> list[tuple[str, object]]:
     return [(path, output)]
 
 
+def _in_key_order(output):
+    """Dicts of outputs sorted by key, so that {task: logits} in another insertion order compares (and weighs the
+    loss) key by key."""
+    if isinstance(output, dict) and all(isinstance(k, str) for k in output):
+        return {k: _in_key_order(output[k]) for k in sorted(output)}
+    if isinstance(output, (tuple, list)):
+        return type(output)(_in_key_order(item) for item in output) if type(output) in (tuple, list) else output
+    return output
+
+
 def _scale(t: torch.Tensor) -> float:
     return max(1.0, t.detach().abs().max().item()) if t.numel() else 1.0
 
@@ -272,8 +282,8 @@ def _matches(build, reference, example, *, modes=MODES, device):
                            else x for x in base)
         seed = SEED + 100 + k
         other_truth = _other_mode(ref, ref_inputs, mode, seed)
-        truth = _run(ref, ref_inputs, title, where, seed, True)
-        yours = _run(student, inputs, title, where, seed, False)
+        truth = _in_key_order(_run(ref, ref_inputs, title, where, seed, True))
+        yours = _in_key_order(_run(student, inputs, title, where, seed, False))
         _compare_outputs(title, where, mode, yours, truth, other_truth)
         if mode == "train":
             _compare_buffers(title, where, mode, student, ref_tensors, names)
