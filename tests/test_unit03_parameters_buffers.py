@@ -1,13 +1,15 @@
 """Unit 03: the broken models of the assignment are rejected with the right hint, their fixes pass, and
 check_matches_torch names the usual BatchNorm mistakes."""
 
+import functools
+
 import pytest
 import torch
 from torch import nn
 
 from conftest import rejected, run_cells
-from grader import (check_device_transfer, check_gradient_flow, check_matches_torch, check_roles,
-                    check_tensors, check_trainable_count)
+from grader import (GraderError, check_device_transfer, check_gradient_flow, check_learning,
+                    check_matches_reference, check_matches_torch, check_roles, check_tensors, check_trainable_count)
 
 pytestmark = pytest.mark.device
 
@@ -350,3 +352,96 @@ def test_freezing_is_counted(nb, capsys):
     rejected(lambda: check_trainable_count(lambda: net(20, 32, 10).requires_grad_(False), expected=32 * 10 + 10),
              "too few", "frozen (requires_grad=False): `backbone.0.weight`", "`head.weight`")
     assert capsys.readouterr().err == ""
+
+
+def test_freezing_mistakes_are_named(nb):
+    net, expected = nb["TransferNet"], 32 * 10 + 10
+
+    def attribute(model):
+        model.backbone.requires_grad = False  # a plain attribute: freezes nothing
+        return model
+
+    rejected(lambda: check_trainable_count(lambda: attribute(net(20, 32, 10)), expected=expected),
+             "`backbone.requires_grad = False` set a plain attribute on the module, which freezes nothing",
+             "`backbone.requires_grad_(False)`")
+    message = rejected(lambda: check_trainable_count(lambda: _eval_backbone(net(20, 32, 10)), expected=expected),
+                       "`backbone` is in eval mode", "not what trains")
+    assert "`backbone.0`" not in message  # only the outermost module in eval mode is named
+    rejected(lambda: check_trainable_count(lambda: None, expected=expected),
+             "expected an nn.Module, got NoneType", "ends without `return model`")
+
+
+def _eval_backbone(model):
+    model.backbone.eval()
+    return model
+
+
+def test_a_mask_of_any_right_dtype_matches_the_exercise(nb):
+    """The hidden reference compares what the layer computes: a float and a bool mask both pass, a wrong one fails."""
+    def masked_linear(state, x):
+        weight = state["weight"]
+        return nn.functional.linear(x, weight * torch.ones_like(weight).tril(), state["bias"])
+
+    class BoolMask(nb["FixedMaskedLinear"]):
+        def __init__(self, features):
+            super().__init__(features)
+            self.register_buffer("mask", torch.ones(features, features, dtype=torch.bool).tril(), persistent=False)
+
+    class UpperMask(nb["FixedMaskedLinear"]):
+        def __init__(self, features):
+            super().__init__(features)
+            self.register_buffer("mask", torch.ones(features, features).triu(), persistent=False)
+
+    for layer in (nb["FixedMaskedLinear"], BoolMask):
+        check_matches_reference(lambda: layer(5), masked_linear, (3, 5))
+        check_roles(lambda: layer(5), parameters=["weight", "bias"], non_persistent=["mask"])
+        check_device_transfer(lambda: layer(5), example=(3, 5))
+    rejected(lambda: check_matches_reference(lambda: UpperMask(5), masked_linear, (3, 5)),
+             "your train-mode `output` differs from the exercise's")
+
+
+def test_a_buffer_sharing_a_parameters_memory_is_named(nb):
+    class Shares(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 2)
+            self.register_buffer("copy", self.fc.weight.detach())
+
+    rejected(lambda: check_roles(Shares, parameters=["fc.weight", "fc.bias"], buffers=["copy"]),
+             "a buffer shares its memory with a parameter", "buffer `copy` is the memory of parameter `fc.weight`",
+             ".detach().clone()")
+
+
+def test_check_tensors_runs_the_students_code_inside_the_check(nb):
+    """A stub's NotImplementedError is a verdict with the stub's hint; an error of the test's own code is the
+    grader's, never the student's zero."""
+    class Stub(nb["WeightEMA"]):
+        def update(self, decay):
+            raise NotImplementedError("replace this line with your code")
+
+    nb["WeightEMA"], original = Stub, nb["WeightEMA"]
+    try:
+        rejected(lambda: check_tensors(lambda: nb["ema_after_training"](nb["small_net"](), 0.9, 2, (4, 6)),
+                                       title="EMA of weights"),
+                 "✗ EMA of weights: running your code raised NotImplementedError", "(in `update`",
+                 "replace that line with your code")
+    finally:
+        nb["WeightEMA"] = original
+    with pytest.raises(GraderError, match="grader error in `EMA of weights`: KeyError"):  # no student frame
+        check_tensors(functools.partial(dict.__getitem__, {}, "missing"), title="EMA of weights")
+    check_tensors(lambda: nb["ema_after_training"](nb["small_net"](), 0.9, 2, (4, 6)), title="EMA of weights")
+
+
+def test_learning_names_an_output_of_nan_or_inf():
+    class DividesByZero(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 2)
+            self.register_buffer("std", torch.zeros(3))
+
+        def forward(self, x):
+            return self.fc(x / self.std)
+
+    message = rejected(lambda: check_learning(DividesByZero, example=(4, 3)),
+                       "the output holds NaN or Inf", "division by zero")
+    assert "the optimizer holds" not in message

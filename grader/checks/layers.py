@@ -95,7 +95,7 @@ def _describe(t: torch.Tensor) -> str:
 
 
 def _graph_problems(model: nn.Module) -> list[str]:
-    return [f"buffer `{name}` requires grad: it carries an autograd graph from the last forward"
+    return [f"buffer `{name}` requires grad: it is part of an autograd graph"
             for name, b in model.named_buffers() if b.requires_grad]
 
 
@@ -106,8 +106,8 @@ def _shared_with_parameters(model: nn.Module) -> list[str]:
             for name, b in model.named_buffers() if b.numel() and b.untyped_storage().data_ptr() in owners]
 
 
-_GRAPH_HINT = ("update buffers under torch.no_grad() (or from .detach()ed values): a buffer is state, "
-               "and a graph kept in it grows at every step")
+_GRAPH_HINT = ("fill and update buffers with values cut from autograd: under torch.no_grad(), or from .detach()ed "
+               "tensors (.detach().clone() for a copy); a buffer is state, and a graph kept in it grows at every step")
 
 
 @_check("parameters and buffers")
