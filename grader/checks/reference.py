@@ -125,12 +125,20 @@ def _state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _match_by_position(yours: dict, theirs: dict) -> dict[str, str] | None:
-    """your name -> the reference's, when both list tensors of the same shapes in the same order (another
-    style of the same model, e.g. explicit layers instead of an nn.Sequential); else None."""
-    a, b = list(yours.items()), list(theirs.items())
-    if len(a) != len(b) or any(x.shape != y.shape for (_, x), (_, y) in zip(a, b)):
+    """your name -> the reference's, when both hold tensors of the same shapes and, among the tensors of each shape,
+    in the same order (another style of the same model: explicit layers instead of an nn.Sequential, a bare
+    nn.Parameter, which state_dict() lists before the children, instead of a bias-free nn.Linear); else None.
+    A wrong pairing can only make the two models differ, never make a wrong model pass."""
+    def groups(tensors: dict) -> dict:
+        found = {}
+        for name, t in tensors.items():
+            found.setdefault((tuple(t.shape), t.is_floating_point()), []).append(name)
+        return found
+
+    mine, ref = groups(yours), groups(theirs)
+    if len(yours) != len(theirs) or mine.keys() != ref.keys() or any(len(mine[k]) != len(ref[k]) for k in mine):
         return None
-    return {mine: ref for (mine, _), (ref, _) in zip(a, b)}
+    return {a: b for key in mine for a, b in zip(mine[key], ref[key])}
 
 
 def _reference_model(reference, student: nn.Module, device, title: str, where: str):
