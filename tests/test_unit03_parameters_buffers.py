@@ -445,3 +445,41 @@ def test_learning_names_an_output_of_nan_or_inf():
     message = rejected(lambda: check_learning(DividesByZero, example=(4, 3)),
                        "the output holds NaN or Inf", "division by zero")
     assert "the optimizer holds" not in message
+
+
+class TorchsOwn(nn.Module):
+    """Registers torch's tensors itself, then lets F.batch_norm do the work."""
+
+    def __init__(self, n, eps=1e-5, momentum=0.1):
+        super().__init__()
+        self.eps, self.momentum = eps, momentum
+        self.weight, self.bias = nn.Parameter(torch.ones(n)), nn.Parameter(torch.zeros(n))
+        self.register_buffer("running_mean", torch.zeros(n))
+        self.register_buffer("running_var", torch.ones(n))
+        self.register_buffer("num_batches_tracked", torch.tensor(0))
+
+    def forward(self, x):
+        if self.training:
+            self.num_batches_tracked += 1
+        return nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                        self.training, self.momentum, self.eps)
+
+
+class Holds(nn.Module):
+    def __init__(self, n, **kwargs):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(n, **kwargs)
+
+    def forward(self, x):
+        return self.norm(x)
+
+
+@pytest.mark.parametrize("layer, fragments", [
+    (type("MyBatchNorm1d", (nn.BatchNorm1d,), {}), ["your layer subclasses nn.BatchNorm1d, torch's own layer"]),
+    (Holds, ["`norm` in your layer is nn.BatchNorm1d, torch's own layer"]),
+    (TorchsOwn, ["your forward calls torch's own batch_norm (F.batch_norm or torch.batch_norm)",
+                 "compute it from tensor operations"]),
+], ids=["subclass", "child", "functional"])
+def test_torchs_own_batchnorm_does_not_count_as_a_reimplementation(layer, fragments):
+    rejected(lambda: check_matches_torch(layer, nn.BatchNorm1d, 4, example=(6, 4)), *fragments)
+    assert torch._C._len_torch_function_stack() == 0  # the check's own mode is gone

@@ -13,6 +13,7 @@ import copy
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from .runner import SEED, _build, _check, _inputs, _loss
 from .diagnose import describe_error, explain_error, find_hidden, student_line, type_name
@@ -288,6 +289,10 @@ def _side_by_side_run(build, reference, example, steps, title, device):
     torch.manual_seed(SEED + 4)
     ref_b = reference().to(device)
     yours = _build(build, device, title)
+    reused = _torch_layer_inside(yours, ref_a)
+    if reused:
+        fail(title, reused, hint=f"write the layer on nn.Module, from tensor operations: {type_name(ref_a)} would do "
+                                 "the very work the exercise asks of you", devices=where)
 
     expected = {name: (role, t) for name, (role, t) in _roles(ref_a).items()}
     details, hint = _role_problems(yours, expected, "torch")
@@ -317,7 +322,13 @@ def _side_by_side_run(build, reference, example, steps, title, device):
         x = _batch(example, step, device)
         before = {n: t.detach().clone() for n, t in ref_a.named_buffers()}
         x_yours, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
-        out = _call(yours, x_yours, title, where)
+        with _TorchCalls() as calls:
+            out = _call(yours, x_yours, title, where)
+        twin = _FUNCTIONAL_TWIN.get(next((c for c in type(ref_a).__mro__ if c in _FUNCTIONAL_TWIN), None))
+        if twin and twin in calls.names:
+            fail(title, f"your forward calls torch's own {twin} (F.{twin} or torch.{twin})",
+                 hint=f"compute it from tensor operations (mean, var, sqrt, ...): torch's {twin} would do the very "
+                      "work the exercise asks of you", devices=where)
         truth = ref_a(x_ref)
         context = f"train step {step}"
         if not isinstance(out, torch.Tensor) or out.shape != truth.shape:
@@ -353,6 +364,34 @@ def _side_by_side_run(build, reference, example, steps, title, device):
     summary = (f"outputs, gradients, {plural(n_params, 'parameter')} and {plural(n_buffers, 'buffer')} agree "
                f"over {plural(steps, 'train step')} and eval")
     return summary, out.detach().double().cpu()
+
+
+# The functional form of a torch layer, by the layer's class: calling it re-uses the layer instead of writing it.
+_FUNCTIONAL_TWIN = {nn.modules.batchnorm._BatchNorm: "batch_norm"}
+
+
+class _TorchCalls(TorchFunctionMode):
+    """The names of the torch functions called while inside (F.batch_norm shows as `batch_norm`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.names: set[str] = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.names.add(getattr(func, "__name__", ""))
+        return func(*args, **(kwargs or {}))
+
+
+def _torch_layer_inside(yours: nn.Module, ref: nn.Module) -> str | None:
+    """Where the student's layer is, or holds, the torch layer it should re-implement (a subclass, a child)."""
+    own = [c for c in type(ref).__mro__ if c.__module__.startswith("torch.nn") and c not in (nn.Module, object)]
+    for name, sub in yours.named_modules():
+        cls = next((c for c in own if isinstance(sub, c)), None)
+        if cls is not None:
+            who = "your layer" if not name else f"`{name}` in your layer"
+            what = f"is {type_name(sub)}" if type(sub) is cls else f"subclasses nn.{cls.__name__}"
+            return f"{who} {what}, torch's own layer: torch computes everything"
+    return None
 
 
 def _tensors_by_name(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -66,7 +66,7 @@ BN = [
     Wrong("bn_answer", "eval mode still uses (and updates) the batch statistics",
           edit=("if not self.training:", "if False:"),
           fails={"test_bn_matches_torch": ["buffers changed during an eval-mode forward", "self.training"]}),
-    Right("bn_answer", "F.batch_norm with the factor computed by hand", BN_HEAD + '''        self.weight = nn.Parameter(torch.ones(num_features))
+    Wrong("bn_answer", "F.batch_norm with the factor computed by hand", BN_HEAD + '''        self.weight = nn.Parameter(torch.ones(num_features))
         self.bias = nn.Parameter(torch.zeros(num_features))
         self.register_buffer("running_mean", torch.zeros(num_features))
         self.register_buffer("running_var", torch.ones(num_features))
@@ -79,6 +79,31 @@ BN = [
             factor = 1.0 / self.num_batches_tracked.item() if self.momentum is None else self.momentum
         return nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                                         self.training, factor, self.eps)
+''',
+          fails={"test_bn_matches_torch": ["your forward calls torch's own batch_norm",
+                                           "compute it from tensor operations"]}),
+    Wrong("bn_answer", "a subclass of nn.BatchNorm1d", "class MyBatchNorm1d(nn.BatchNorm1d):\n    pass\n",
+          fails={"test_bn_matches_torch": ["your layer subclasses nn.BatchNorm1d, torch's own layer",
+                                           "write the layer on nn.Module"]}),
+    Right("bn_answer", "torch.var_mean, buffers registered in a loop, mul_/add_ updates", BN_HEAD + '''        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        for name, value in (("running_mean", torch.zeros(num_features)), ("running_var", torch.ones(num_features)),
+                            ("num_batches_tracked", torch.tensor(0))):
+            self.register_buffer(name, value)
+
+    def forward(self, x):
+        if self.training:
+            var, mean = torch.var_mean(x, dim=0, correction=0)
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                f = self.momentum if self.momentum is not None else 1.0 / self.num_batches_tracked.item()
+                n = x.shape[0]
+                self.running_mean.mul_(1 - f).add_(mean, alpha=f)
+                self.running_var.mul_(1 - f).add_(var * n / (n - 1), alpha=f)
+        else:
+            mean, var = self.running_mean, self.running_var
+        x_hat = (x - mean) / (var + self.eps).sqrt()
+        return x_hat * self.weight + self.bias
 '''),
     Right("bn_answer", "nn.Buffer, explicit formulas, buffers reassigned", BN_HEAD + '''        self.weight = nn.Parameter(torch.ones(num_features))
         self.bias = nn.Parameter(torch.zeros(num_features))
