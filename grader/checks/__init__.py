@@ -8,6 +8,7 @@ models      trainable count, gradient flow, eval behaviour, learning, device tra
 counting    counting and finding functions students write (units 01, 04)
 toy_module  unit 02: a toy module beside nn.Module on mirrored trees
 layers      unit 03: a layer beside the torch layer it re-implements
+batchnorm_mistakes  unit 03: what torch's BatchNorm gives under each likely mistake, for the hints
 hooks       unit 05: hook utilities
 export      unit 06: the call pipeline and torch.export
 saving      unit 06: checkpoints and state_dict loading

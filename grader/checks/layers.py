@@ -11,13 +11,13 @@ always torch, or the test cell.
 import copy
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .runner import SEED, _build, _check, _inputs, _loss
+from .batchnorm_mistakes import eval_suspects, gradient_suspects, output_suspects, state_hint, state_suspects
 from .diagnose import describe_error, explain_error, find_hidden, student_line, type_name
-from .report import GraderError, fail, plural, quiet, verdict
+from .report import GraderError, fail, own_errors, plural, quiet, verdict
 
 # Loose enough for a student's formula against torch's fused kernels in float32, tight enough
 # for every mistake below: N vs N - 1 is 1/N apart, a wrong momentum is far apart.
@@ -203,7 +203,7 @@ def check_tensors(yours, expected: dict | None = None, title: str = "tensors", *
     so an error in the student's code, such as a stub's NotImplementedError, is explained rather than raised.
     """
     __tracebackhide__ = True
-    with quiet():
+    with quiet(), own_errors("check_tensors"):
         if callable(yours):
             yours = _run(yours, title)
             if expected is None:
@@ -336,7 +336,7 @@ def _side_by_side_run(build, reference, example, steps, title, device):
                  hint="return one tensor with the input's shape", devices=where)
         if not _close(out, truth):
             fail(title, f"at {context}, the output differs from torch", _side_by_side(out, truth),
-                 hint=_first_match(out, _output_suspects(ref_a, x, before)) or
+                 hint=_first_match(out, output_suspects(ref_a, x, before)) or
                  "compare your forward with torch's formula on this batch, one term at a time", devices=where)
         _compare_gradients(yours, ref_a, out, truth, x_yours, x_ref, context, title, where)
         _compare_state(yours, ref_a, x, before, context, title, where)
@@ -357,7 +357,7 @@ def _side_by_side_run(build, reference, example, steps, title, device):
     if not isinstance(out, torch.Tensor) or not _close(out, truth):
         shown = _side_by_side(out, truth) if isinstance(out, torch.Tensor) else [f"yours: {_shape_of(out)}"]
         fail(title, "in eval mode, the output differs from torch", shown,
-             hint=(_first_match(out, _eval_suspects(ref_a, x)) if isinstance(out, torch.Tensor) else None)
+             hint=(_first_match(out, eval_suspects(ref_a, x)) if isinstance(out, torch.Tensor) else None)
              or "compare your eval-mode branch with torch's", devices=where)
     n_params = len(list(ref_a.parameters()))
     n_buffers = len(list(ref_a.buffers()))
@@ -432,7 +432,7 @@ def _compare_gradients(yours, ref, out, truth, x_yours, x_ref, context, title, w
         if not _close(got, want):
             fail(title, f"at {context}, the outputs agree but the gradient of {label} differs",
                  _side_by_side(got, want),
-                 hint=_closest_match(got, want, _gradient_suspects(ref, x_ref.detach(), label)) or _GRADIENT_HINT,
+                 hint=_closest_match(got, want, gradient_suspects(ref, x_ref.detach(), label)) or _GRADIENT_HINT,
                  devices=where)
     for p in list(yours.parameters()) + list(ref.parameters()):
         p.grad = None
@@ -450,150 +450,11 @@ def _compare_state(yours, ref, x, before, context, title, where):
         got = mine[name]
         if _close(got, truth):
             continue
-        suspects = _state_suspects(ref, name, x, before)
+        suspects = state_suspects(ref, name, x, before)
         fail(title, f"after {context}, `{name}` differs from torch", _side_by_side(got, truth),
-             hint=_first_match(got, suspects) or _state_hint(ref, name), devices=where)
-
-
-# --- BatchNorm: what torch would have computed under each likely mistake ----------------------
-
-def _is_batchnorm(module) -> bool:
-    return isinstance(module, nn.modules.batchnorm._BatchNorm)
-
-
-def _batch_stats(x: torch.Tensor):
-    dims = [0] + list(range(2, x.dim()))
-    return x.mean(dims), x.var(dims, correction=0), x.var(dims, correction=1)
-
-
-def _normalise(ref, x, mean, var, weight=None, bias=None, eps_outside=False, eps=None):
-    shape = (1, -1) + (1,) * (x.dim() - 2)
-    if eps_outside:
-        y = (x - mean.view(shape)) / (var.view(shape).sqrt() + ref.eps)
-        return y if weight is None else y * weight.view(shape) + bias.view(shape)
-    return F.batch_norm(x, mean, var, weight, bias, training=False, eps=ref.eps if eps is None else eps)
+             hint=_first_match(got, suspects) or state_hint(ref, name), devices=where)
 
 
 _GRADIENT_HINT = ("your output is within the tolerance of torch's, yet its gradient is not: the two formulas differ "
                   "slightly (compare yours with torch's term by term), or part of forward is hidden from autograd "
                   "(.detach(), .data or torch.no_grad())")
-
-# Train-mode formulas torch's gradient would come from under each likely mistake, and what to say when it matches.
-_GRADIENT_MISTAKES = [
-    ({"cut_mean": True, "cut_var": True},
-     "the batch mean and variance you normalise with are cut from the autograd graph (.detach(), .data, "
-     "torch.no_grad()): keep them in it, and detach only what updates the running statistics"),
-    ({"cut_mean": True},
-     "the batch mean you normalise with is cut from the autograd graph (.detach(), .data, torch.no_grad()): "
-     "keep it in it, and detach only what updates the running statistics"),
-    ({"cut_var": True},
-     "the batch variance you normalise with is cut from the autograd graph (.detach(), .data, torch.no_grad()): "
-     "keep it in it, and detach only what updates the running statistics"),
-    ({"eps": "outside"}, "eps goes inside the square root: torch divides by sqrt(var + eps)"),
-    ({"eps": "missing"}, "eps is missing: torch divides by sqrt(var + eps)"),
-]
-
-
-def _train_formula(ref, x, weight, bias, cut_mean=False, cut_var=False, eps="inside"):
-    dims = [0] + list(range(2, x.dim()))
-    shape = (1, -1) + (1,) * (x.dim() - 2)
-    mean, var = x.mean(dims, keepdim=True), x.var(dims, correction=0, keepdim=True)
-    mean, var = (mean.detach() if cut_mean else mean), (var.detach() if cut_var else var)
-    scale = {"inside": (var + ref.eps).sqrt(), "outside": var.sqrt() + ref.eps, "missing": var.sqrt()}[eps]
-    y = (x - mean) / scale
-    return y if weight is None else y * weight.view(shape) + bias.view(shape)
-
-
-def _gradient_suspects(ref, x, label):
-    """(hint, the gradient of `label` under that mistake) for a BatchNorm in train mode; [] otherwise."""
-    if not _is_batchnorm(ref) or not ref.training:
-        return []
-    suspects = []
-    for options, hint in _GRADIENT_MISTAKES:
-        x_in = x.detach().clone().requires_grad_()
-        w, b = ((ref.weight.detach().clone().requires_grad_(), ref.bias.detach().clone().requires_grad_())
-                if ref.affine else (None, None))
-        _loss(_train_formula(ref, x_in, w, b, **options)).backward()
-        grads = {"the input": x_in.grad, "`weight`": getattr(w, "grad", None), "`bias`": getattr(b, "grad", None)}
-        suspects.append((hint, grads.get(label)))
-    return suspects
-
-
-def _factor(ref, counted: int) -> float:
-    return 1.0 / counted if ref.momentum is None else ref.momentum
-
-
-def _output_suspects(ref, x, before):
-    if not _is_batchnorm(ref):
-        return []
-    mean, biased, unbiased = _batch_stats(x)
-    w, b = (ref.weight, ref.bias) if ref.affine else (None, None)
-    suspects = [
-        ("you normalise with the unbiased variance (divided by N - 1); in train mode torch normalises "
-         "with the biased one (divided by N)", _normalise(ref, x, mean, unbiased, w, b)),
-        ("in train mode torch normalises with the batch's own mean and variance; running_mean and "
-         "running_var are for eval mode", _normalise(ref, x, before.get("running_mean", mean),
-                                                     before.get("running_var", biased), w, b)),
-        ("eps goes inside the square root: torch divides by sqrt(var + eps)",
-         _normalise(ref, x, mean, biased, w, b, eps_outside=True)),
-        ("eps is missing: torch divides by sqrt(var + eps)", _normalise(ref, x, mean, biased, w, b, eps=0.0)),
-    ]
-    if ref.affine:
-        suspects += [
-            ("weight and bias are not applied: torch returns x_hat * weight + bias", _normalise(ref, x, mean, biased)),
-            ("weight and bias are swapped: torch returns x_hat * weight + bias", _normalise(ref, x, mean, biased, b, w)),
-        ]
-    return suspects
-
-
-def _eval_suspects(ref, x):
-    if not _is_batchnorm(ref):
-        return []
-    mean, biased, unbiased = _batch_stats(x)
-    w, b = (ref.weight, ref.bias) if ref.affine else (None, None)
-    running = ("in eval mode torch normalises with running_mean and running_var; yours uses the batch's "
-               "statistics, so a sample's output depends on the rest of its batch")
-    return [(running, _normalise(ref, x, mean, biased, w, b)), (running, _normalise(ref, x, mean, unbiased, w, b))]
-
-
-def _state_suspects(ref, name, x, before):
-    if not _is_batchnorm(ref) or name not in ("running_mean", "running_var", "num_batches_tracked"):
-        return []
-    if name == "num_batches_tracked":
-        return [("num_batches_tracked is not incremented: add 1 at every train-mode forward", before[name])]
-    mean, biased, unbiased = _batch_stats(x)
-    old = before[name]
-    stat = mean if name == "running_mean" else unbiased
-    f = _factor(ref, int(before["num_batches_tracked"]) + 1)
-    blend = lambda value, factor: (1 - factor) * old + factor * value  # noqa: E731
-    suspects = []
-    if name == "running_var":
-        suspects.append(("running_var must hold the unbiased variance (divided by N - 1), though torch normalises "
-                         "with the biased one (divided by N)", blend(biased, f)))
-    if ref.momentum is None:
-        suspects.append(("momentum=None is treated like momentum=0.1: with None torch keeps a cumulative average, "
-                         "blending each batch in with factor 1 / num_batches_tracked (counting this batch)",
-                         blend(stat, 0.1)))
-        suspects.append(("with momentum=None the factor is 1 / num_batches_tracked counted after adding this batch",
-                         blend(stat, 1.0 / max(1, int(before["num_batches_tracked"])))
-                         if int(before["num_batches_tracked"]) else None))
-    if abs(f - 0.5) > 1e-9:
-        suspects.append(("momentum weighs the new batch, not the old value: torch computes "
-                         f"(1 - momentum) * {name} + momentum * batch statistic", blend(stat, 1 - f)))
-    suspects.append((f"{name} did not move in train mode: update it at every train-mode forward", old))
-    if abs(f - 1) > 1e-9:
-        suspects.append((f"{name} holds this batch's statistic itself; torch blends it in: "
-                         f"(1 - momentum) * {name} + momentum * batch statistic", stat))
-    return suspects
-
-
-def _state_hint(ref, name) -> str:
-    if not _is_batchnorm(ref):
-        return f"`{name}` should not change in a forward pass unless torch's does"
-    if name == "num_batches_tracked":
-        return "num_batches_tracked counts train-mode forwards: torch adds 1 at each"
-    if name in ("running_mean", "running_var"):
-        stat = "mean" if name == "running_mean" else "unbiased variance (divided by N - 1)"
-        factor = "1 / num_batches_tracked" if ref.momentum is None else "momentum"
-        return f"torch computes (1 - f) * {name} + f * batch {stat}, with f = {factor}"
-    return f"`{name}` is a parameter: forward must not change it"

@@ -40,8 +40,8 @@ def _in_key_order(output):
     loss) key by key."""
     if isinstance(output, dict) and all(isinstance(k, str) for k in output):
         return {k: _in_key_order(output[k]) for k in sorted(output)}
-    if isinstance(output, (tuple, list)):
-        return type(output)(_in_key_order(item) for item in output) if type(output) in (tuple, list) else output
+    if type(output) in (tuple, list):
+        return type(output)(_in_key_order(item) for item in output)
     return output
 
 
@@ -289,7 +289,7 @@ def _matches(build, reference, example, *, modes=MODES, device):
         ref_inputs = tuple(x.detach().clone().requires_grad_(x.is_floating_point()) if isinstance(x, torch.Tensor)
                            else x for x in base)
         seed = SEED + 100 + k
-        other_truth = _other_mode(ref, ref_inputs, mode, seed)
+        other_truth = _in_key_order(_other_mode(ref, ref_inputs, mode, seed))
         truth = _in_key_order(_run(ref, ref_inputs, title, where, seed, True))
         yours = _in_key_order(_run(student, inputs, title, where, seed, False))
         _compare_outputs(title, where, mode, yours, truth, other_truth)
