@@ -8,6 +8,7 @@ models          trainable count, gradient flow, eval behaviour, learning, device
 counting        counting and finding functions students write (units 01, 04)
 toy_module      unit 02: a toy module beside nn.Module on mirrored trees
 layers          unit 03: a layer beside the torch layer it re-implements
+batchnorm_mistakes  unit 03: what torch's BatchNorm computes under each likely mistake
 hooks           unit 05: hook utilities (activation recorder, gradient norms) and the helpers below share
 hook_guards     unit 05: a validating pre-hook, the first module to output NaN or Inf
 hooked_models   unit 05: models that use hooks (no hook leak, a kept output)

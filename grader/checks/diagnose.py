@@ -218,6 +218,9 @@ _KNOWN_ERRORS = [
      "a tensor did not follow .to(device): a plain tensor attribute, or a tensor created inside forward without device=x.device"),
     ("Expected all tensors to be on the same device",
      "a tensor did not follow .to(device): a plain tensor attribute, or a tensor created inside forward without device=x.device"),
+    ("as child module",
+     "that attribute holds a registered module, so torch accepts only another nn.Module (or None) there: add to the "
+     "container you have (`container[key] = layer`, `.append(layer)`) instead of replacing it with a plain dict or list"),
     ("shapes cannot be multiplied",
      "two layers do not chain: one layer's out_features must equal the next one's in_features"),
     ("does not require grad and does not have a grad_fn",
@@ -243,7 +246,7 @@ def explain_error(error: BaseException) -> str:
 
 def describe_error(error: BaseException) -> str:
     """"ValueError: the message's first line (in `forward`, line 3: `x = self.fc(x)`)"."""
-    first_line = (str(error).strip().splitlines() or [""])[0]
+    first_line = (str(error).strip().splitlines() or [""])[0].split(" Hint: enable anomaly detection")[0]
     text = f"{type(error).__name__}: {first_line}" if first_line else type(error).__name__
     return text + student_line(error)
 

@@ -35,6 +35,16 @@ def _flat(output, path: str = "output") -> list[tuple[str, object]]:
     return [(path, output)]
 
 
+def _in_key_order(output):
+    """Dicts of outputs sorted by key, so that {task: logits} in another insertion order compares (and weighs the
+    loss) key by key."""
+    if isinstance(output, dict) and all(isinstance(k, str) for k in output):
+        return {k: _in_key_order(output[k]) for k in sorted(output)}
+    if type(output) in (tuple, list):
+        return type(output)(_in_key_order(item) for item in output)
+    return output
+
+
 def _scale(t: torch.Tensor) -> float:
     return max(1.0, t.detach().abs().max().item()) if t.numel() else 1.0
 
@@ -115,12 +125,20 @@ def _state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _match_by_position(yours: dict, theirs: dict) -> dict[str, str] | None:
-    """your name -> the reference's, when both list tensors of the same shapes in the same order (another
-    style of the same model, e.g. explicit layers instead of an nn.Sequential); else None."""
-    a, b = list(yours.items()), list(theirs.items())
-    if len(a) != len(b) or any(x.shape != y.shape for (_, x), (_, y) in zip(a, b)):
+    """your name -> the reference's, when both hold tensors of the same shapes and, among the tensors of each shape,
+    in the same order (another style of the same model: explicit layers instead of an nn.Sequential, a bare
+    nn.Parameter, which state_dict() lists before the children, instead of a bias-free nn.Linear); else None.
+    A wrong pairing can only make the two models differ, never make a wrong model pass."""
+    def groups(tensors: dict) -> dict:
+        found = {}
+        for name, t in tensors.items():
+            found.setdefault((tuple(t.shape), t.is_floating_point()), []).append(name)
+        return found
+
+    mine, ref = groups(yours), groups(theirs)
+    if len(yours) != len(theirs) or mine.keys() != ref.keys() or any(len(mine[k]) != len(ref[k]) for k in mine):
         return None
-    return {mine: ref for (mine, _), (ref, _) in zip(a, b)}
+    return {a: b for key in mine for a, b in zip(mine[key], ref[key])}
 
 
 def _reference_model(reference, student: nn.Module, device, title: str, where: str):
@@ -279,9 +297,9 @@ def _matches(build, reference, example, *, modes=MODES, device):
         ref_inputs = tuple(x.detach().clone().requires_grad_(x.is_floating_point()) if isinstance(x, torch.Tensor)
                            else x for x in base)
         seed = SEED + 100 + k
-        other_truth = _other_mode(ref, ref_inputs, mode, seed)
-        truth = _run(ref, ref_inputs, title, where, seed, True)
-        yours = _run(student, inputs, title, where, seed, False)
+        other_truth = _in_key_order(_other_mode(ref, ref_inputs, mode, seed))
+        truth = _in_key_order(_run(ref, ref_inputs, title, where, seed, True))
+        yours = _in_key_order(_run(student, inputs, title, where, seed, False))
         _compare_outputs(title, where, mode, yours, truth, other_truth, inputs)
         if mode == "train":
             _compare_buffers(title, where, mode, student, ref_tensors, names)

@@ -76,7 +76,8 @@ def _build(model, device: torch.device, title: str) -> nn.Module:
         fail(title, f"building the model raised {describe_error(error)}", hint=explain_error(error), devices=str(device))
     if not isinstance(built, nn.Module):
         fail(title, f"expected an nn.Module, got {type(built).__name__}",
-             hint="pass the model, its class, or a function that returns a new model", devices=str(device))
+             hint=("a function that should hand back the model ends without `return model`" if built is None else
+                   "pass the model, its class, or a function that returns a new model"), devices=str(device))
     try:
         return built.to(device)
     except Exception as error:
