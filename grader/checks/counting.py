@@ -132,7 +132,25 @@ def check_names(fn: Callable, model: nn.Module, expected, what: str = "names"):
         details = ([f"missed {n!r}" for n in missing] + [f"reported {n!r}, which it should not" for n in extra]
                    + [f"reported {n!r} more than once" for n in repeated])
         if details:
-            fail(title, f"wrong {what} for this {type(model).__name__}", details,
-                 hint="walk every submodule with named_modules() and look at each attribute in vars(module)")
+            fail(title, f"wrong {what} for this {type(model).__name__}", details, hint=_names_hint(missing, extra, repeated))
     found = f"finds all {plural(len(expected), 'name')}" if expected else "finds nothing, as it should,"
     verdict(title, f"{found} in {type(model).__name__}")
+
+
+def _names_hint(missing: list[str], extra: list[str], repeated: list[str]) -> str:
+    """What to look at, by the kind of mistake: names spelled another way, places not searched, registered
+    objects reported, or places reported twice."""
+    stem = lambda name: name.split("[", 1)[0]  # noqa: E731 - 'self.heads' of "self.heads['cls']"
+    if missing and extra and {stem(n) for n in extra} & {stem(n) for n in missing}:
+        return ("name each place as the exercise shows: `self.` and the dotted module path, the attribute, then "
+                "`[index]` for a list or tuple item and `[repr(key)]` for a dict item, one name per item")
+    if missing and not extra:
+        return ("look further: every submodule (named_modules()), every attribute in vars(module), private names "
+                "too, and inside lists, tuples and dicts at any depth")
+    if extra and not missing:
+        return ("report only what registration missed: an object that is itself one of model.modules(), "
+                "model.parameters() or model.buffers() (compare objects by identity) is registered, wherever else "
+                "it is also kept")
+    if repeated and not (missing or extra):
+        return "report each place once"
+    return "walk every submodule with named_modules() and look at each attribute in vars(module)"

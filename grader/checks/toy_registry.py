@@ -106,9 +106,9 @@ def _registration(toy, ref, title, where):
                      devices=where)
         for child_name, child_truth in truth._modules.items():
             nodes.append((f"{name}.{child_name}" if name else child_name, own["_modules"][child_name], child_truth))
-    _reassign_buffers(toy, ref, title, where)
     params = len(list(ref.parameters()))
-    buffers = len(list(ref.buffers()))
+    buffers = len(list(ref.buffers()))  # before the buffers are reassigned, which unties a shared one
+    _reassign_buffers(toy, ref, title, where)
     return (f"{plural(params, 'parameter')}, {plural(buffers, 'buffer')} and the submodules of "
             f"{plural(count, 'module')} sit in the same dicts, in the same order, as torch's; __getattr__ finds them"), count
 
@@ -133,8 +133,19 @@ def _compare_registry(name, label, mine, truth, registry, title, where):
                 "_buffers": "register_buffer(name, tensor) files the tensor in _buffers",
                 "_modules": "__setattr__ files a toy module in _modules"}[registry]
         hint += " (stage 1)"
+        value = vars(mine).get(key)
+        if registry == "_parameters" and isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter):
+            hint = (f"`{key}` was assigned as a plain tensor: wrap it in nn.Parameter(...), which __setattr__ files in "
+                    "_parameters")
+        elif registry == "_buffers" and isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter):
+            hint = (f"make `{key}` with self.register_buffer(name, tensor), which files it in _buffers (stage 1): a "
+                    f"plain `self.{key} = tensor` keeps it in the instance __dict__, in torch too")
         if any("plain" in d for d in details):
             hint = _LIST_FIX
+        elif registry == "_modules" and not elsewhere and key not in vars(mine):
+            found = _children_elsewhere(mine, yours, theirs)
+            if found:
+                problem, hint = f"{label} {found[0]}", found[1]
         fail(title, problem, details, hint=hint, devices=where)
     for key in yours:
         if key not in theirs:
@@ -173,8 +184,28 @@ def _compare_registry(name, label, mine, truth, registry, title, where):
                       "and returns what it finds (stage 1)", devices=where)
 
 
+def _children_elsewhere(mine, yours: dict, theirs: dict) -> tuple[str, str] | None:
+    """(problem, hint) when a toy module (a container such as a toy ModuleList) holds its children under other
+    names than torch's, or keeps them in a plain list, tuple or dict instead of registering them."""
+    numbered = all(isinstance(k, str) and k.isdigit() for k in theirs)
+    how = ("register each one under str(i), with setattr(self, str(i), module), as nn.ModuleList does" if numbered
+           else "register each one under the name torch uses")
+    if yours and set(yours) != set(theirs):
+        return f"registers its children as {list(yours)}; torch's are named {list(theirs)}", how
+    for attribute, value in vars(mine).items():
+        if isinstance(value, (list, tuple, dict)):
+            items = list(value.values()) if isinstance(value, dict) else list(value)
+            toys = [x for x in items if _is_toy(x)]
+            if toys:
+                container = "dict" if isinstance(value, dict) else type(value).__name__
+                return (f"keeps {plural(len(toys), 'module')} in a plain {container} at `self.{attribute}`, where "
+                        f"registration never looks; torch registers them as children {list(theirs)}", how)
+    return None
+
+
 def _layout(t: torch.Tensor) -> str:
-    return f"a {str(t.dtype).removeprefix('torch.')} tensor of shape {list(t.shape)}"
+    dtype = str(t.dtype).removeprefix("torch.")
+    return f"{'an' if dtype[0] in 'aeiou' else 'a'} {dtype} tensor of shape {list(t.shape)}"
 
 
 def _reassign_buffers(toy, ref, title, where):
