@@ -11,7 +11,8 @@ toy's parts through the names torch gives and through the student's own methods.
 
 Three helper modules hold the pieces: `toy_reach` (building the toy, calling its methods, finding its parts
 through torch's names), `toy_registry` (stages 1 and 2: the dicts and the walks) and `toy_state` (stages 3, 5 and
-6: state_dict, load_state_dict, to, zero_grad). This module holds stages 4 and 5's apply, and the checks.
+6: state_dict, load_state_dict, to, zero_grad). This module holds the checks, stage 4 (train/eval), stage 5's
+apply, and the forward of a model built on the toy.
 """
 
 import torch
