@@ -576,3 +576,13 @@ class ListModel(ToyModule):
 """, namespace)
     rejected(lambda: check_mirrors_torch(lambda: namespace["ListModel"]([4, 8, 2]),
                                          lambda: nb["TorchListModel"]([4, 8, 2]), "registration"), *fragments)
+
+
+def test_a_torch_reference_that_fails_is_the_graders_error(nb):
+    from grader import GraderError
+
+    def broken_reference():
+        raise RuntimeError("the test's own tree is broken")
+
+    with pytest.raises(GraderError, match="grader error in `check_mirrors_torch"):
+        check_mirrors_torch(lambda: nb["small_net"](nb["ToyModule"]), broken_reference, "names")

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .diagnose import describe_error
-from .report import fail, own_errors, plural, quiet, verdict
+from .report import GraderError, fail, own_errors, plural, quiet, verdict
 from .runner import SEED, _check
 from .reference import _close, _difference
 from .toy_reach import STAGES, _MISSING, _build, _call, _explain, _get, _is_toy, _locate_modules, _path, _tensor
@@ -153,7 +153,10 @@ def _forward(toy, ref, title, where, example):
         out = toy(x_mine)
     except Exception as error:
         fail(title, f"calling your model raised {describe_error(error)}", hint=_explain(error), devices=where)
-    expected = ref(x_ref)
+    try:
+        expected = ref(x_ref)
+    except Exception as error:  # the torch model is the test's own code
+        raise GraderError("check_mirrors_torch (the torch reference)", error) from None
     if not isinstance(out, torch.Tensor) or out.shape != expected.shape:
         got = f"shape {list(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
         fail(title, f"your model returns {got}; torch's returns shape {list(expected.shape)}",
@@ -211,8 +214,11 @@ def check_mirrors_torch(toy, reference, aspects=tuple(a for a in ASPECTS if a !=
         raise ValueError(f"unknown aspect(s) {unknown}; choose from {list(ASPECTS)}")
     if "forward" in aspects and example is None:
         raise ValueError("the forward aspect needs an example input shape, such as example=(3, 4)")
-    with quiet(), own_errors("check_mirrors_torch"):
-        root = type(reference()).__name__
+    with quiet():
+        try:
+            root = type(reference()).__name__
+        except Exception as error:  # the torch tree is the test's own code
+            raise GraderError("check_mirrors_torch (the torch reference)", error) from None
     for aspect in aspects:
         stage, what = ASPECTS[aspect]
         title = f"stage {stage}, {what} vs torch's {root}" if stage else f"{what} vs torch's {root}"
