@@ -21,6 +21,8 @@ from .checks.toy_module import check_forgotten_init, check_mirrors_torch, check_
 from .checks.reference import check_matches_reference
 from .checks.report import CheckFailed, GraderError
 from .checks.saving import check_checkpoint_round_trip, check_loads_state_dict
+from .checks.functional import check_ensemble_forward
+from .checks.state import check_loads_checkpoint, check_materializes, check_plain_state_dict
 from .checks.training import (check_counter, check_optimizer, check_predict, check_same_function,
                        check_training_step)
 
@@ -33,4 +35,5 @@ __all__ = [
     "check_forgotten_init", "check_mirrors_torch", "check_unknown_attribute",
     "check_counter", "check_optimizer", "check_predict", "check_same_function", "check_training_step",
     "check_call_pipeline", "check_export_agrees", "check_checkpoint_round_trip", "check_loads_state_dict",
+    "check_loads_checkpoint", "check_materializes", "check_plain_state_dict", "check_ensemble_forward",
 ]

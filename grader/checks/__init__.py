@@ -12,4 +12,6 @@ hooks       unit 05: hook utilities
 export      unit 06: the call pipeline and torch.export
 saving      unit 06: checkpoints and state_dict loading
 training    unit 07: optimizers, training steps, prediction, counters
+state       unit 08: checkpoints across versions, parametrized state as plain tensors, models built on meta
+functional  unit 08: a model's tensors as inputs (functional_call over stacked ensembles)
 """
