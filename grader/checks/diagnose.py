@@ -262,17 +262,19 @@ def student_line(error: BaseException) -> str:
     """Where the student's code was when `error` was raised: the innermost frame outside the grader, torch and
     Python's library, as " (in `forward`, line 3: `x = self.fc(x)`)"; "" when there is none."""
     try:
-        tb, found = error.__traceback__, None
+        tb, frames = error.__traceback__, []
         while tb is not None:
             code = tb.tb_frame.f_code
             name = code.co_filename
             if not name.startswith(_NOT_STUDENT) and not name.startswith("<frozen"):
-                found = (code.co_name, name, tb.tb_lineno)
+                frames.append((code.co_name, name, tb.tb_lineno))
             tb = tb.tb_next
     except (ValueError, RuntimeError):  # frames refused (the grader's re-run guards them)
         return ""
-    if found is None:
+    if not frames:
         return ""
+    # the innermost frame; for endless recursion, the line that keeps calling (the innermost one is arbitrary)
+    found = Counter(frames).most_common(1)[0][0] if isinstance(error, RecursionError) else frames[-1]
     function, filename, lineno = found
     where = "your cell" if function == "<module>" else f"`{function}`"
     line = linecache.getline(filename, lineno).strip()

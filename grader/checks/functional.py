@@ -7,6 +7,7 @@ to the input. The truth is each member model, called as it is.
 """
 
 import copy
+import re
 
 import torch
 from torch import nn
@@ -76,7 +77,11 @@ def check_ensemble_forward(ensemble_forward, build, example, *, members: int = 3
         out = ensemble_forward(model, params, buffers, *inputs)
     except Exception as error:  # the student's function: report any failure
         hint = explain_error(error)
-        if template == "meta" and "meta" in str(error):
+        whole = _passed_whole(str(error), {**params, **buffers}, members)
+        if whole:
+            hint = (f"a stacked tensor went in whole: {whole} holds all {members} members, one per row of its first "
+                    "dimension; both dicts must go through vmap (or be sliced per member)")
+        elif template == "meta" and "meta" in str(error):
             hint = ("the template `model` is on the meta device, and one of its own tensors was used: every "
                     "parameter and every buffer must come from the dicts; " + _BUFFERS_HINT)
         fail(title, f"ensemble_forward(model, params, buffers, x) raised {describe_error(error)}", hint=hint,
@@ -116,6 +121,21 @@ def check_ensemble_forward(ensemble_forward, build, example, *, members: int = 3
     return (f"{members} members of {label} in one call: {shown} match each member's own call "
             f"({plural(len(params), 'stacked parameter')}, {plural(len(buffers), 'stacked buffer')})"), \
         out.detach().double().flatten().cpu()
+
+
+def _passed_whole(message: str, stacked: dict, members: int) -> str | None:
+    """When the error quotes a stacked tensor's full size beside one member's (say "should contain 32 elements not
+    96"): that tensor's name if the message names it too, else a description; None when nothing fits."""
+    numbers = set(re.findall(r"\b\d+\b", message))
+    fits = [name for name, t in stacked.items()
+            if t.dim() > 1 and str(t.numel()) in numbers and str(t.numel() // members) in numbers]
+    named = [name for name in fits if name.rpartition(".")[2] in message]
+    if len(named) == 1:
+        return f"`{named[0]}`"
+    if fits:
+        size = stacked[fits[0]].numel()
+        return f"a tensor of {size} elements (the error quotes {size}, and {size // members} for one member)"
+    return None
 
 
 def _with_template_buffers(models, i, inputs):

@@ -123,6 +123,20 @@ def _match_by_position(yours: dict, theirs: dict) -> dict[str, str] | None:
     return {mine: ref for (mine, _), (ref, _) in zip(a, b)}
 
 
+def _other_layers(student: nn.Module, ref: nn.Module) -> list[str]:
+    """"`body.0` is nn.Linear in yours, LoRALinear in the exercise's model": the outermost places where both
+    models hold a layer, of different types."""
+    theirs, found, outer = dict(ref.named_modules()), [], []
+    for name, module in student.named_modules():
+        if not name or any(name.startswith(o + ".") for o in outer):
+            continue
+        other = theirs.get(name)
+        if other is not None and type(other) is not type(module):
+            outer.append(name)
+            found.append(f"`{name}` is {type_name(module)} in yours, {type_name(other)} in the exercise's model")
+    return found
+
+
 def _reference_model(reference, student: nn.Module, device, title: str, where: str):
     """The reference on `device`, holding the student's weights; and the map of the student's names to its own."""
     __tracebackhide__ = True
@@ -148,9 +162,11 @@ def _reference_model(reference, student: nn.Module, device, title: str, where: s
                  hint="setattr(model, 'body.0', layer) does not reach into `body`: it adds a child named 'body.0' "
                       "that forward never calls. Replace a nested layer with model.set_submodule('body.0', layer), "
                       "or setattr on its parent: setattr(model.body, '0', layer)", devices=where)
-        fail(title, "your model does not hold the tensors the exercise describes",
-             [f"the exercise's model has `{k}` {list(theirs[k].shape)}, yours has not" for k in missing[:3]]
-             + [f"yours has `{k}` {list(yours[k].shape)}, the exercise's model has not" for k in extra[:3]],
+        layers = _other_layers(student, ref)
+        shown = 2 if layers else 3
+        fail(title, "your model does not hold the tensors the exercise describes", layers[:3]
+             + [f"the exercise's model has `{k}` {list(theirs[k].shape)}, yours has not" for k in missing[:shown]]
+             + [f"yours has `{k}` {list(yours[k].shape)}, the exercise's model has not" for k in extra[:shown]],
              hint="use the attribute names, layer sizes and layer order the exercise gives: the grader loads your "
                   "weights into its reference model by name", devices=where)
     try:

@@ -14,6 +14,7 @@ a model built directly on the device. Nothing here knows a solution.
 """
 
 import contextlib
+import copy
 import io
 from collections.abc import Mapping
 
@@ -41,65 +42,71 @@ def _as_trained(model: nn.Module, device) -> None:
                 p.add_((0.3 * torch.randn(p.shape, generator=generator)).to(device))
 
 
-def _same_computation(title, where, yours, theirs, example, device, what: str, *, modes=("train", "eval")):
-    """Fail unless ``yours`` gives ``theirs``'s outputs and input gradients, per mode, under one seed."""
+_MODES = ("train", "eval")
+
+
+def _record(model: nn.Module, example, device) -> list[tuple]:
+    """What ``model`` computes, per mode, under one seed: (output, gradient of each floating input or None)."""
+    found = []
+    for k, mode in enumerate(_MODES):
+        model.train(mode == "train")
+        inputs = tuple(x.detach().clone().requires_grad_(x.is_floating_point()) if isinstance(x, torch.Tensor) else x
+                       for x in _inputs(example, device))
+        torch.manual_seed(SEED + 100 + k)
+        output = model(*inputs)
+        loss = _loss(output)
+        if loss.requires_grad:
+            loss.backward()
+        found.append((_outputs(output), [x.grad if isinstance(x, torch.Tensor) else None for x in inputs]))
+    return found
+
+
+def _same_computation(title, where, yours, truth: list[tuple], example, device, what: str):
+    """Fail unless ``yours`` computes what ``_record`` recorded of the other model: outputs and input gradients."""
     __tracebackhide__ = True
-    for k, mode in enumerate(modes):
+    for k, (mode, (expected, expected_grads)) in enumerate(zip(_MODES, truth)):
         yours.train(mode == "train")
-        theirs.train(mode == "train")
-        base = _inputs(example, device)
-        mine = tuple(x.detach().clone().requires_grad_(x.is_floating_point()) if isinstance(x, torch.Tensor) else x
-                     for x in base)
-        truth_inputs = tuple(x.detach().clone().requires_grad_(x.is_floating_point())
-                             if isinstance(x, torch.Tensor) else x for x in base)
+        inputs = tuple(x.detach().clone().requires_grad_(x.is_floating_point()) if isinstance(x, torch.Tensor) else x
+                       for x in _inputs(example, device))
         torch.manual_seed(SEED + 100 + k)
-        truth = theirs(*truth_inputs)
-        torch.manual_seed(SEED + 100 + k)
-        out = _forward(yours, mine, title, where)
-        a, b = _outputs(out), _outputs(truth)
-        if a.shape != b.shape or not _close(a, b):
-            fail(title, f"{what}, your {mode}-mode output differs", _difference("output", a, b)[-3:],
+        out = _forward(yours, inputs, title, where)
+        got = _outputs(out)
+        if got.shape != expected.shape or not _close(got, expected):
+            fail(title, f"{what}, your {mode}-mode output differs", _difference("output", got, expected)[-3:],
                  hint="each tensor must land where it plays the same part, holding the same value: print the "
                       "loaded model's tensors beside the checkpoint's", devices=where)
-        loss_truth = _loss(truth)
-        if not loss_truth.requires_grad:
+        if all(g is None for g in expected_grads):
             continue
         loss = _loss(out)
         if not loss.requires_grad:
             fail(title, f"{what}, your {mode}-mode output carries no autograd graph", hint=_CUT, devices=where)
         loss.backward()
-        loss_truth.backward()
-        for i, (x, y) in enumerate(zip(mine, truth_inputs)):
-            if isinstance(y, torch.Tensor) and y.grad is not None:
-                label = "the input" if len(mine) == 1 else f"input {i}"
-                if x.grad is None:
-                    fail(title, f"{what}, no gradient reaches {label} in {mode} mode", hint=_CUT, devices=where)
-                if not _close(x.grad, y.grad):
-                    fail(title, f"{what}, your outputs match but the gradient with respect to {label} differs "
-                                f"in {mode} mode", _difference(f"{label}.grad", x.grad, y.grad), hint=_CUT,
-                         devices=where)
+        for i, (x, grad) in enumerate(zip(inputs, expected_grads)):
+            if grad is None:
+                continue
+            label = "the input" if len(inputs) == 1 else f"input {i}"
+            if x.grad is None:
+                fail(title, f"{what}, no gradient reaches {label} in {mode} mode", hint=_CUT, devices=where)
+            if not _close(x.grad, grad):
+                fail(title, f"{what}, your outputs match but the gradient with respect to {label} differs in "
+                            f"{mode} mode", _difference(f"{label}.grad", x.grad, grad), hint=_CUT, devices=where)
 
 
 # --- a checkpoint from another version of the model -------------------------------------------------
 
 def _versions(checkpoint) -> str:
-    """"version 1 for `0`, `2`" from the checkpoint's _metadata, or what is missing."""
-    metadata = getattr(checkpoint, "_metadata", None)
-    if metadata is None:
-        return "the checkpoint has no `_metadata`, so no version information (local_metadata is {} for every module)"
-    by_version: dict = {}
-    for name, info in metadata.items():
-        by_version.setdefault(info.get("version"), []).append(f"`{name}`" if name else "the root")
-    parts = [f"version {v} for {', '.join(names[:4])}{' ...' if len(names) > 4 else ''}"
-             for v, names in by_version.items()]
-    return "its `_metadata` says " + "; ".join(parts)
+    """"_metadata: versions 1, 3" or "no _metadata": what the checkpoint tells each module about its version."""
+    versions = sorted({info.get("version") for info in getattr(checkpoint, "_metadata", {}).values()} - {None})
+    if not hasattr(checkpoint, "_metadata"):
+        return "no _metadata"
+    return f"_metadata: version{'s' * (len(versions) > 1)} {', '.join(map(str, versions))}"
 
 
 _UPGRADE_HINT = ("torch calls _load_from_state_dict(state_dict, prefix, local_metadata, ...) once per module, with "
-                 "`prefix` its place in the model ('0.', 'block.', or '' at the root), the whole checkpoint in "
-                 "`state_dict`, and local_metadata.get('version') the version of the class that saved it (None "
-                 "when the checkpoint carries none): change prefix + '...' keys of state_dict before calling "
-                 "super()._load_from_state_dict(...)")
+                 "`prefix` its place in the model ('0.', 'block.', or '' at the root), in `state_dict` the "
+                 "checkpoint's keys under that prefix, and local_metadata.get('version') the version of the class "
+                 "that saved it (None when the checkpoint carries no _metadata): change the prefix + '...' keys of "
+                 "state_dict, then call super()._load_from_state_dict(...) with it")
 
 
 def _strict_failure(text: str) -> list[str]:
@@ -133,20 +140,19 @@ def check_loads_checkpoint(model, saved_by, example, *, metadata: bool = True, d
         if not str(error).startswith("Error(s) in loading state_dict"):
             fail(title, f"load_state_dict(checkpoint of {label}) raised {describe_error(error)}",
                  hint=explain_error(error), devices=where)
-        fail(title, f"{type_name(yours)} cannot load {label}'s checkpoint with strict=True; {_versions(checkpoint)}",
+        fail(title, f"{type_name(yours)} cannot load {label}'s checkpoint ({_versions(checkpoint)}) with strict=True",
              _strict_failure(str(error)), hint=_UPGRADE_HINT, devices=where)
     except Exception as error:  # the student's loading code: report any failure
         fail(title, f"load_state_dict(checkpoint of {label}) raised {describe_error(error)}",
              hint=explain_error(error), devices=where)
     changed = [k for k, v in checkpoint.items() if not (v.shape == kept[k].shape and torch.equal(v, kept[k]))]
     if changed:
-        fail(title, "loading changed the checkpoint's own tensors in place", [f"`{k}`" for k in changed[:4]],
+        fail(title, "loading changed the checkpoint's own tensors in place", [_names(changed)],
              hint="the caller's checkpoint must stay as it was: build new tensors (`t.exp()`, not `t.exp_()`)",
              devices=where)
-    _same_computation(title, where, yours, theirs, example, device, f"with {label}'s checkpoint loaded")
-    versions = sorted({info.get("version") for info in getattr(checkpoint, "_metadata", {}).values()} - {None})
-    source = (f"_metadata: version{'s' * (len(versions) > 1)} {', '.join(map(str, versions))}" if versions
-              else "no _metadata")
+    source = _versions(checkpoint)
+    _same_computation(title, where, yours, _record(theirs, example, device), example, device,
+                      f"with {label}'s checkpoint ({source}) loaded")
     return (f"{type_name(yours)} loads the checkpoint of {label} ({source}) with strict=True and computes what it "
             "computed (outputs and input gradients, train and eval)"), None
 
@@ -212,6 +218,8 @@ def check_plain_state_dict(plain_state_dict, build, build_plain, example, *, par
     computed = _parametrized(model)
     if not computed:
         raise ValueError("check_plain_state_dict: the model has no parametrization to take apart")
+    # what the model computes, taken now (a copy: a train-mode call moves BatchNorm's statistics)
+    truth = _record(copy.deepcopy(model), example, device) if "loads" in parts else None
     before_modules = [id(m) for m in model.modules()]
     before_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     values = {key: getattr(module, tensor).detach().clone() for key, module, tensor in computed}
@@ -240,7 +248,7 @@ def check_plain_state_dict(plain_state_dict, build, build_plain, example, *, par
                       "(a tensor attached to the graph keeps the model's graph alive and is trained through)",
                  devices=where)
     if "loads" in parts:
-        _plain_loads(title, where, result, computed, values, originals, before_state, build_plain, model, example,
+        _plain_loads(title, where, result, computed, values, originals, before_state, build_plain, truth, example,
                      device)
     label = _plain_name(model)
     done = []
@@ -257,13 +265,18 @@ def _plain_name(model: nn.Module) -> str:
     return f"nn.{cls.__name__}" if cls.__module__.startswith("torch.nn") else cls.__name__
 
 
-def _plain_loads(title, where, result, computed, values, originals, before_state, build_plain, model, example, device):
+def _plain_loads(title, where, result, computed, values, originals, before_state, build_plain, truth, example, device):
     __tracebackhide__ = True
     leftover = [k for k in result if "parametrizations" in k.split(".")]
     if leftover:
-        fail(title, "your dict still holds the parametrized model's own keys", [f"`{k}`" for k in leftover[:4]],
+        fail(title, "your dict still holds the parametrized model's own keys", [_names(leftover, 4)],
              hint="a plain model has no `parametrizations` submodule: each parametrized tensor appears under its "
                   "plain name (such as `0.weight`), holding the value the model computes", devices=where)
+    empty_parts = [k for k in result if "" in k.split(".")]
+    if empty_parts:
+        fail(title, "some keys of your dict have an empty part", [_names(empty_parts, 4)],
+             hint="a name is the module's name, a dot, the tensor's name; the model itself is named '', so its own "
+                  "tensors take no dot in front (`weight`, not `.weight`)", devices=where)
     plain = _build(build_plain, device, title)
     lines = state_dict_mismatch(plain, result)
     if lines:
@@ -291,7 +304,7 @@ def _plain_loads(title, where, result, computed, values, originals, before_state
     except Exception as error:  # a shape the mismatch lines above did not foresee
         fail(title, f"the plain model's load_state_dict raised {describe_error(error)}", hint=explain_error(error),
              devices=where)
-    _same_computation(title, where, plain, model, example, device, "with your dict loaded into the plain model")
+    _same_computation(title, where, plain, truth, example, device, "with your dict loaded into the plain model")
 
 
 # --- a model built on the meta device, materialised --------------------------------------------------
@@ -358,6 +371,12 @@ def _initialisation_problems(yours: dict, fresh: list[dict]) -> list[str]:
     return problems
 
 
+def _names(names: list[str], limit: int = 8) -> str:
+    """"`a`, `b`, `c` and 2 more": many names on one line."""
+    shown = ", ".join(f"`{n}`" for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
 def _few(t: torch.Tensor) -> str:
     flat = t.flatten()
     shown = ", ".join(f"{v:.4g}" for v in flat[:4].tolist())
@@ -388,11 +407,15 @@ def check_materializes(materialize, build, example, *, device):
     if not isinstance(result, nn.Module):
         fail(title, f"materialize(model, device) returned {type(result).__name__}, not the model",
              hint="return the model (model.to_empty(...) returns it too)", devices=where)
+    if result is not model:
+        fail(title, f"materialize(model, device) returned another {type_name(result)}, not the model it was given",
+             hint="materialise the model you are given, in place (to_empty works in place and returns it): a new "
+                  "model would lose whatever the caller set up on this one", devices=where)
     tensors = _tensors(result)
     on_meta = [n for n, t in tensors.items() if t.is_meta]
     if on_meta:
         fail(title, f"after materialize, {plural(len(on_meta), 'tensor')} of {label} {'is' if len(on_meta) == 1 else 'are'}"
-                    " still on the meta device", [f"`{n}`" for n in on_meta[:4]], hint=_META_HINT, devices=where)
+                    " still on the meta device", [_names(on_meta)], hint=_META_HINT, devices=where)
     elsewhere = [f"`{n}` is on {t.device}" for n, t in tensors.items() if t.device.type != device.type]
     if elsewhere:
         fail(title, f"after materialize, some tensors are not on {where}", elsewhere[:4],
@@ -406,7 +429,7 @@ def check_materializes(materialize, build, example, *, device):
     if empty:
         fail(title, f"after materialize, {plural(len(empty), 'tensor')} still {'holds' if len(empty) == 1 else 'hold'} "
                     "uninitialised memory (the grader has torch fill such memory with NaN, or the largest integer)",
-             [f"`{n}`" for n in empty[:4]],
+             [_names(empty)],
              hint="to_empty allocates memory without initialising it; after it, call reset_parameters() on every "
                   "module that has one (model.modules() walks them all, nested ones included): parameters and "
                   "buffers alike", devices=where)
