@@ -140,6 +140,13 @@ def _other_layers(student: nn.Module, ref: nn.Module) -> list[str]:
 def _reference_model(reference, student: nn.Module, device, title: str, where: str):
     """The reference on `device`, holding the student's weights; and the map of the student's names to its own."""
     __tracebackhide__ = True
+    dotted = dotted_children(student)
+    if dotted:
+        fail(title, "your model registers a layer under a name with a dot, as a new child",
+             [f"{name} is a child of its own, beside the layer it was meant to replace" for name in dotted[:3]],
+             hint="setattr(model, 'body.0', layer) does not reach into `body`: it adds a child named 'body.0' "
+                  "that forward never calls. Replace a nested layer with model.set_submodule('body.0', layer), "
+                  "or setattr on its parent: setattr(model.body, '0', layer)", devices=where)
     if not _is_factory(reference):
         ref = _Functional(reference, _state(student))
         return ref, {name: name for name in ref.state}
@@ -155,13 +162,6 @@ def _reference_model(reference, student: nn.Module, device, title: str, where: s
         names = _match_by_position(yours, theirs)
     if names is None:
         missing, extra = sorted(set(theirs) - set(yours)), sorted(set(yours) - set(theirs))
-        dotted = dotted_children(student)
-        if dotted:
-            fail(title, "your model registers a layer under a name with a dot, as a new child",
-                 [f"{name} is a child of its own, beside the layer it was meant to replace" for name in dotted[:3]],
-                 hint="setattr(model, 'body.0', layer) does not reach into `body`: it adds a child named 'body.0' "
-                      "that forward never calls. Replace a nested layer with model.set_submodule('body.0', layer), "
-                      "or setattr on its parent: setattr(model.body, '0', layer)", devices=where)
         layers = _other_layers(student, ref)
         shown = 2 if layers else 3
         fail(title, "your model does not hold the tensors the exercise describes", layers[:3]
