@@ -16,7 +16,6 @@ a model built directly on the device. Nothing here knows a solution.
 import contextlib
 import copy
 import io
-from collections.abc import Mapping
 
 import torch
 import torch.utils.deterministic
@@ -324,7 +323,7 @@ def _uninitialised_shows():
         torch.set_deterministic_debug_mode(mode)
 
 
-def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+def _named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     found = dict(model.named_parameters())
     found |= dict(model.named_buffers())
     return found
@@ -394,7 +393,7 @@ def check_materializes(materialize, build, example, *, device):
     fresh = []
     for k in range(_REFERENCES):
         torch.manual_seed(SEED + 20 + k)
-        fresh.append(_tensors(_build(build, device, title)))
+        fresh.append(_named_tensors(_build(build, device, title)))
     torch.manual_seed(SEED)
     with torch.device("meta"):
         model = _build(build, torch.device("meta"), title)
@@ -412,7 +411,7 @@ def check_materializes(materialize, build, example, *, device):
         fail(title, f"materialize(model, device) returned another {type_name(result)}, not the model it was given",
              hint="materialise the model you are given, in place (to_empty works in place and returns it): a new "
                   "model would lose whatever the caller set up on this one", devices=where)
-    tensors = _tensors(result)
+    tensors = _named_tensors(result)
     on_meta = [n for n, t in tensors.items() if t.is_meta]
     if on_meta:
         fail(title, f"after materialize, {plural(len(on_meta), 'tensor')} of {label} {'is' if len(on_meta) == 1 else 'are'}"
