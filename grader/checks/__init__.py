@@ -21,4 +21,6 @@ saving          unit 06: checkpoints and state_dict loading
 state_dict_keys unit 06: why a state_dict does not fit, and functions that rename its keys
 training        unit 07: optimizers, training steps, single-sample prediction, counters
 fixes           units 05-07: a fix keeps the broken model's function (check_same_function) and its log
+state           unit 08: checkpoints across versions, models materialised from meta, parametrized state_dicts
+functional      unit 08: torch.func.functional_call (an ensemble from stacked state)
 """

@@ -101,7 +101,8 @@ def _forward(model, inputs, title: str, device):
     """Call the model; fail with a diagnosis if it raises, if the call changes what is registered, or if it
     skips a layer's hooks."""
     __tracebackhide__ = True
-    before = {name: p for name, p in model.named_parameters()}
+    held = list(model.named_parameters())  # held, so that no id is reused; pairs, since a dotted child repeats names
+    before = {(name, id(p)) for name, p in held}
     hooks = hook_counts(model)
     called: set[int] = set()
     try:
@@ -122,7 +123,7 @@ def _forward(model, inputs, title: str, device):
         leaks = hook_leaks(model, lambda: model(*inputs), hooks, first=hook_counts(model))
         if leaks:
             fail(title, LEAK_PROBLEM, leaks, hint=LEAK_HINT, devices=str(device))
-    rebuilt = [n for n, p in model.named_parameters() if before.get(n) is not p]
+    rebuilt = [n for n, p in model.named_parameters() if (n, id(p)) not in before]
     if rebuilt:
         owners = sorted({n.rpartition(".")[0] or n for n in rebuilt})
         fail(title, "calling the model registers new parameters, so an optimizer built before it holds stale ones",
