@@ -452,7 +452,8 @@ class RerunTests(_NbGraderPreprocessor):
     whose kernel run and re-run disagree gets an output that says so (formgrader shows it).
     """
 
-    cell_timeout = _Float(0, help="Seconds a cell may take in the re-run (0: Execute.timeout).").tag(config=True)
+    cell_timeout = _Float(0, help="Seconds a cell may take in the re-run (0: Execute.timeout, or the longest that "
+                                  "Execute.timeout_func gives a cell of the notebook).").tag(config=True)
     check_integrity = _Bool(True, help="Compare torch's, the grader's and Python's state with the pristine one "
                                        "at every cell boundary.").tag(config=True)
     guard = _Bool(True, help="Run the re-run under the grading guard.").tag(config=True)
@@ -470,7 +471,7 @@ class RerunTests(_NbGraderPreprocessor):
         logged = resources.get("grader", {}).get("kernel_refusals", [])
         reasons = [f"the kernel refused: {line}" for line in dict.fromkeys(logged + scoring.kernel_refusals(nb))]
         started = time.monotonic()
-        outcomes = self._rerun(resources, cells) if any(kind == "test" for _, (kind, _, _) in cells) else []
+        outcomes = self._rerun(nb, resources, cells) if any(kind == "test" for _, (kind, _, _) in cells) else []
         seconds = time.monotonic() - started
         reasons += scoring.record(nb, cells, outcomes)
         nb.metadata["grader"] = scoring.notebook_verdict(bool(reasons), reasons, seconds)
@@ -478,11 +479,13 @@ class RerunTests(_NbGraderPreprocessor):
             self._flag(info, reasons)
         return nb, resources
 
-    def _rerun(self, resources, cells) -> list[Outcome]:
+    def _rerun(self, nb, resources, cells) -> list[Outcome]:
         info = resources["nbgrader"]
         notebook_dir = resources.get("metadata", {}).get("path") or os.getcwd()
         execute = self.config.get("Execute", {})
         timeout = self.cell_timeout or execute.get("timeout", 30) or 30
+        if not self.cell_timeout and callable(execute.get("timeout_func")):  # nbclient's per-cell limit: the longest
+            timeout = max([timeout] + [execute["timeout_func"](nb.cells[i]) or 0 for i, _ in cells])
         rerunner = Rerunner(cell_timeout=timeout, startup_timeout=max(120, execute.get("startup_timeout", 60)))
         return rerunner.run([c for _, c in cells], notebook_dir, course_root=_course_root(self.config),
                             secrets_paths=_secrets(self.config, info["db_url"]), integrity=self.check_integrity,

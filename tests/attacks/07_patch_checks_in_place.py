@@ -2,7 +2,7 @@
 the per-device function inside each decorated check (a closure variable) is replaced.
 
 where: answer counting_functions
-stock: 3
+stock: 4
 """
 check_counting.__code__ = (lambda *args, **kwargs: None).__code__
 for _check in (check_trainable_count, check_gradient_flow, check_learning, check_device_transfer):

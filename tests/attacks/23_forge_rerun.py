@@ -3,7 +3,7 @@ answer cell writes made-up verdicts in the re-run's message format to every file
 ends the process.
 
 where: answer counting_functions
-stock: 4
+stock: 5
 """
 import os
 import struct

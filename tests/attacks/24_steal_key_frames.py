@@ -2,7 +2,7 @@
 call stack (sys._getframe) to the re-run's own variables to take the key that signs its reports.
 
 where: answer counting_functions
-stock: 4
+stock: 5
 """
 import sys
 

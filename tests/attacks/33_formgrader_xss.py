@@ -1,4 +1,4 @@
-"""The answer cell displays HTML with a <script> (and an <img onerror>, a javascript: link and JavaScript output):
+"""The answer cell displays HTML with a `<script>` (and an `<img onerror>`, a `javascript:` link and JavaScript output):
 formgrader renders the autograded notebook in its own origin, where the script can PUT full manual scores through
 formgrader's API while the instructor looks at the submission.
 
