@@ -183,7 +183,8 @@ def test_locked_helpers_keep_their_bindings(rerun, tmp_path):
     found = rerun(LOCKED_SETUP,
                   ("answer", "rebinds", "AveragedModel = type('Fake', (), {})\ndef answer_fn():\n    return 1\n"
                                         "def len(x):\n    return 0\n"),
-                  ("test", "t1", "assert reference_name() == 'AveragedModel' and answer_fn() == 1 and len([1]) == 1"),
+                  ("test", "t1", "assert reference_name() == 'AveragedModel' and answer_fn() == 1 and len([1]) == 1\n"
+                                 "class Uses:\n    value = answer_fn()  # a class body reads its globals directly"),
                   ("answer", "reaches", "reference_name.__globals__['AveragedModel'] = type('Fake', (), {})"),
                   ("test", "t2", "assert reference_name() == 'AveragedModel'"),
                   tmp_path=tmp_path)

@@ -254,7 +254,7 @@ def serve(job, conn):
     _exec, _compile, _type, _str, _len, _id, _perf = exec, compile, type, str, len, id, time.perf_counter
     _dict, _list, _set, _frozenset, _BaseException, _builtins = dict, list, set, frozenset, BaseException, builtins
     _FunctionType, _tuple, _getitem, _clear, _update = types.FunctionType, tuple, dict.__getitem__, dict.clear, dict.update
-    _setitem, _items = dict.__setitem__, dict.items
+    _setitem, _delitem, _items, _dict_get = dict.__setitem__, dict.__delitem__, dict.items, dict.get
     _safe_describe, limit, grader_error = safe_describe, LIMIT, GRADER_ERROR
     _write, _exit, _dup2, _open_fd = posix.write, posix._exit, posix.dup2, posix.open
     _pack, _digest = _struct.pack, _hashlib.hmac_digest
@@ -263,7 +263,7 @@ def serve(job, conn):
     _exc_str = BaseException.__str__
     _capture, _unchanged, _describe = integrity.capture, integrity.unchanged, WATCH.describe
     _code_objects, _trusted_traceback, _fingerprint, _same = code_objects, trusted_traceback, fingerprint, same
-    _defined_by = defined_by
+    _defined_by, _checked, builtin_names = defined_by, checked_function, BUILTIN_NAMES
     data, trusted_ids = WATCH.data, TRUSTED_IDS
     key = job.pop("key")
     fd = conn.fileno()
@@ -339,10 +339,22 @@ def serve(job, conn):
                       trusted_ids=trusted_ids, refusals=refusals, processes=policy.get("processes", False))
     baseline = _capture(data) if check_integrity else None
     locked.answers = answers
-    locked.answer_view = AnswerViews(locked_code_ids, fd, data, _capture, _unchanged, _write, _pack, check_integrity)
+    answer_views = AnswerViews(locked_code_ids, fd, data, _capture, _unchanged, _write, _pack, check_integrity)
+    locked.answer_view, views = answer_views, answer_views.views
+
+    def viewed(value):
+        """An answer's value as locked code sees it (`AnswerViews.__call__`, run on serve's own bindings)."""
+        if not check_integrity or _type(value) is not _FunctionType or _id(value.__code__) in locked_code_ids:
+            return value
+        known = views.get(_id(value))
+        if _type(known) is not _tuple or known[0] is not value:
+            known = (value, _checked(value, fd, data, _capture, _unchanged, _write, _pack))
+            views[_id(value)] = known
+        return known[1]
 
     # 3. The cells, in order.
     locked_bindings = _dict(_items(locked))  # name -> the value the locked cells gave it
+    copied: dict = {}  # name -> the answers' value copied into the locked namespace for the current locked cell
     definitions: dict = {}  # id -> (function or class a locked cell defined, its fingerprint)
     missing = object()
     tampered = None  # the first description of a change to trusted state, once seen
@@ -362,6 +374,10 @@ def serve(job, conn):
             namespace = answers
         else:
             namespace = locked
+            for name, value in _list(copied.items()):  # the last locked cell's copies of the answers' names
+                if _type(name) is _str and name not in locked_bindings and _dict_get(locked, name, missing) is value:
+                    _delitem(locked, name)
+            copied.clear()
             moved = [k for k, v in _list(_items(locked)) if locked_bindings.get(k, missing) is not v]
             moved += [k for k in locked_bindings if k not in locked]
             if moved:  # only a helper's __globals__ reaches this namespace: put it back as the locked cells left it
@@ -370,6 +386,12 @@ def serve(job, conn):
                 _clear(locked)
                 _update(locked, locked_bindings)
             locked.answers = answers
+            # the answers' names, copied in (a class body reads its globals without __missing__); locked names first
+            for name, value in _list(_items(answers)):
+                if _type(name) is _str and name not in locked_bindings and name not in builtin_names \
+                        and not name.startswith("__"):
+                    copied[name] = view = viewed(value)
+                    _setitem(locked, name, view)
             before = _dict(_items(locked))
         if kind == "test":
             verdicts.buffer.clear()
