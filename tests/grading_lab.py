@@ -18,8 +18,9 @@ An attack file's docstring says what it does, then its fields: ``where`` (see `w
 ``stock`` (what stock nbgrader gives it), and optionally ``answers: reference`` (it starts from the
 reference answers rather than the blank release), ``first_line`` (a cell magic, put before the
 code), ``effect`` (``leak``: it aims at hidden test code in the feedback; ``script``: at running its
-script in formgrader or the feedback; by default at the score) and ``needs: processes`` (an honest case that needs the OS sandbox, which lets graded code
-start processes). Files named ``honest_*`` are honest, correct answers: full marks, never flagged.
+script in formgrader or the feedback; by default at the score) and ``needs: processes`` (an honest
+case that needs the OS sandbox, which lets graded code start processes). Files named ``honest_*``
+are honest, correct answers: full marks, never flagged.
 """
 
 import fcntl

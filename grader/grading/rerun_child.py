@@ -253,8 +253,8 @@ def serve(job, conn):
     # 1. Everything this function calls, bound now, before any student code runs.
     _exec, _compile, _type, _str, _len, _id, _perf = exec, compile, type, str, len, id, time.perf_counter
     _dict, _list, _set, _frozenset, _BaseException, _builtins = dict, list, set, frozenset, BaseException, builtins
-    _FunctionType, _tuple, _getitem, _clear, _update = types.FunctionType, tuple, dict.__getitem__, dict.clear, dict.update
-    _setitem, _delitem, _items, _dict_get = dict.__setitem__, dict.__delitem__, dict.items, dict.get
+    _FunctionType, _tuple, _clear, _update, _items = types.FunctionType, tuple, dict.clear, dict.update, dict.items
+    _setitem, _delitem, _dict_get, _contains = dict.__setitem__, dict.__delitem__, dict.get, dict.__contains__
     _safe_describe, limit, grader_error = safe_describe, LIMIT, GRADER_ERROR
     _write, _exit, _dup2, _open_fd = posix.write, posix._exit, posix.dup2, posix.open
     _pack, _digest = _struct.pack, _hashlib.hmac_digest
@@ -379,13 +379,12 @@ def serve(job, conn):
                     _delitem(locked, name)
             copied.clear()
             moved = [k for k, v in _list(_items(locked)) if locked_bindings.get(k, missing) is not v]
-            moved += [k for k in locked_bindings if k not in locked]
+            moved += [k for k in locked_bindings if not _contains(locked, k)]
             if moved:  # only a helper's __globals__ reaches this namespace: put it back as the locked cells left it
                 notes += [f"`{k}` was bound again by other code: the grader restored the value the locked cells "
                           "gave it" for k in moved[:3] if _type(k) is _str]
                 _clear(locked)
                 _update(locked, locked_bindings)
-            locked.answers = answers
             # the answers' names, copied in (a class body reads its globals without __missing__); locked names first
             for name, value in _list(_items(answers)):
                 if _type(name) is _str and name not in locked_bindings and name not in builtin_names \
@@ -409,7 +408,7 @@ def serve(job, conn):
         seconds = _perf() - started
         sys.stdout = sys.stderr = quiet_stream
         if kind != "answer":
-            for name in [k for k in before if k not in locked]:  # deleted by the cell
+            for name in [k for k in before if not _contains(locked, k)]:  # deleted by the cell
                 locked_bindings.pop(name, None)
                 if answers.get(name, missing) is before[name]:
                     del answers[name]
