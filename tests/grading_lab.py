@@ -348,11 +348,14 @@ def runs_script(page: str, marker: str) -> bool:
 
 
 def allows_processes(course: Path) -> bool:
-    """Does the course's configuration let graded code start processes (the OS sandbox holds them)?"""
+    """Does the course's configuration let graded code start processes, in the kernel and in the re-run? By default,
+    when the OS sandbox holds them (as `rerun.processes_allowed` decides, in the environment the tests grade with)."""
     from traitlets.config.loader import PyFileConfigLoader
 
+    from grader.grading.rerun import processes_allowed
+
     config = PyFileConfigLoader("nbgrader_config.py", path=str(course)).load_config()
-    return bool(config.RerunTests.get("allow_processes", False)) and bool(config.GuardedExecute.get("allow_processes", False))
+    return all(processes_allowed(config[name].get("allow_processes")) for name in ("RerunTests", "GuardedExecute"))
 
 
 class _Text(HTMLParser):

@@ -72,6 +72,23 @@ def policy(notebook_dir: str, tmp_dir: str, course_root: str, secrets_paths=(), 
     }
 
 
+def processes_allowed(setting=None) -> bool:
+    """May graded code start processes? As set, or (None) when the OS sandbox holds it: grader/grading/sandbox.py
+    is there and the instructor did not switch it off. Without the sandbox, a process would outlive the guard."""
+    if setting is not None:
+        return bool(setting)
+    if not (HERE / "sandbox.py").exists():
+        return False
+    if "grader_sandbox" not in sys.modules:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("grader_sandbox", HERE / "sandbox.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["grader_sandbox"] = module
+        spec.loader.exec_module(module)
+    return not sys.modules["grader_sandbox"].disabled()
+
+
 def sqlite_path(db_url: str) -> str | None:
     if db_url.startswith("sqlite:///"):
         return os.path.realpath(db_url[len("sqlite:///"):].split("?", 1)[0])
@@ -402,8 +419,8 @@ class GuardedExecute(_Execute):
     guard = _Bool(True, help="Install the grading guard in the kernel before the first cell.").tag(config=True)
     preload = _List(_Unicode(), ["torch"], help="Modules the kernel imports before the guard is installed "
                                                 "(torch loads libraries with ctypes, which the guard refuses).").tag(config=True)
-    allow_processes = _Bool(False, help="Let the notebook's code start processes (DataLoader workers, torch.compile's "
-                                        "compiler): only where the OS sandbox holds the kernel.").tag(config=True)
+    allow_processes = _Bool(None, allow_none=True, help="Let the notebook's code start processes (DataLoader workers, "
+                            "torch.compile's compiler); None: when the OS sandbox holds the kernel.").tag(config=True)
 
     def preprocess(self, nb, resources=None, km=None):
         self._guard_pending = self.guard
@@ -432,7 +449,7 @@ class GuardedExecute(_Execute):
         notebook_dir = os.path.realpath(resources.get("metadata", {}).get("path") or os.getcwd())
         db_url = resources.get("nbgrader", {}).get("db_url", "")
         code = kernel_guard_code(notebook_dir, self._tmp_dir, _course_root(self.config), _secrets(self.config, db_url),
-                                 self.preload, self._log_path, self.allow_processes)
+                                 self.preload, self._log_path, processes_allowed(self.allow_processes))
         msg_id = self.kc.execute(code, silent=True, store_history=False)
         reply = self.wait_for_reply(msg_id)
         if reply is None or reply["content"]["status"] != "ok":
@@ -457,8 +474,8 @@ class RerunTests(_NbGraderPreprocessor):
     check_integrity = _Bool(True, help="Compare torch's, the grader's and Python's state with the pristine one "
                                        "at every cell boundary.").tag(config=True)
     guard = _Bool(True, help="Run the re-run under the grading guard.").tag(config=True)
-    allow_processes = _Bool(False, help="Let the re-run's code start processes (DataLoader workers, torch.compile's "
-                                        "compiler): only where the OS sandbox holds the re-run.").tag(config=True)
+    allow_processes = _Bool(None, allow_none=True, help="Let the re-run's code start processes (DataLoader workers, "
+                            "torch.compile's compiler); None: when the OS sandbox holds the re-run.").tag(config=True)
 
     def preprocess(self, nb, resources):
         from nbgrader.api import Gradebook
@@ -489,7 +506,7 @@ class RerunTests(_NbGraderPreprocessor):
         rerunner = Rerunner(cell_timeout=timeout, startup_timeout=max(120, execute.get("startup_timeout", 60)))
         return rerunner.run([c for _, c in cells], notebook_dir, course_root=_course_root(self.config),
                             secrets_paths=_secrets(self.config, info["db_url"]), integrity=self.check_integrity,
-                            guard=self.guard, processes=self.allow_processes)
+                            guard=self.guard, processes=processes_allowed(self.allow_processes))
 
     def _flag(self, info, reasons) -> None:
         """Log the reasons for the instructor and flag the notebook in the gradebook (formgrader shows the flag)."""

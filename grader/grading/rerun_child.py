@@ -271,10 +271,6 @@ def serve(job, conn):
     check_integrity, use_guard = job.get("integrity", True), job.get("guard", True)
     process = sys.modules["multiprocessing"].current_process()
     process._args, process._kwargs, process._target = (), {}, None
-    process._config["daemon"] = False  # else multiprocessing refuses children (DataLoader workers), sandbox permitting
-    process._config.pop("tempdir", None)  # multiprocessing's sockets go in the private temp folder, not the server's
-    sys.modules["multiprocessing"].set_start_method("fork", force=True)  # Linux's default, as in a kernel: not the
-    # grader's fork server, which this process was started from
     job.clear()
 
     def send(*fields):
@@ -299,6 +295,7 @@ def serve(job, conn):
         return _type_name(_type(error)), message
 
     # 2. The process the cells run in.
+    multiprocessing_as_in_a_kernel()
     null = _open_fd("/dev/null", posix.O_RDWR)
     _dup2(null, 0)
     _dup2(null, 1)
@@ -435,6 +432,19 @@ def serve(job, conn):
              text("\n".join(lines), limit * 4), b"%.3f" % seconds)
     send(b"done")
     _exit(0)
+
+
+def multiprocessing_as_in_a_kernel() -> None:
+    """Processes the cells start (DataLoader workers, where the sandbox lets them) work as in a kernel: forked
+    (Linux's default, not the fork server this process may come from), from a process that multiprocessing does
+    not take for a daemon, with their sockets in this process's private temp folder."""
+    multiprocessing = sys.modules.get("multiprocessing")
+    if multiprocessing is None:
+        return
+    process = multiprocessing.current_process()
+    process._config["daemon"] = False
+    process._config.pop("tempdir", None)
+    multiprocessing.set_start_method("fork", force=True)
 
 
 _EMPTY = object()
