@@ -109,6 +109,19 @@ def test_honest_case_keeps_full_marks_unflagged(graded, request, case, config):
 
 
 @slow
+def test_nbgrader_export_reads_the_scores(graded, tmp_path):
+    """The gradebook stays nbgrader's: `nbgrader export` lists what the re-run's verdicts scored."""
+    import csv
+
+    from conftest import nbgrader
+
+    course = lab.copy_course(graded["courses"]["ours"], tmp_path / "course")
+    nbgrader("export", "--to", str(tmp_path / "grades.csv"), cwd=course)
+    rows = {row["student_id"]: float(row["score"]) for row in csv.DictReader((tmp_path / "grades.csv").open())}
+    assert rows["reference"] == lab.MAX_SCORE and rows["01_input_transformer"] == rows["blank"] == 0
+
+
+@slow
 def test_torch_warnings_never_zero_a_correct_answer(graded):
     assert graded["ours"]["reference_warns"] == (lab.MAX_SCORE, False)
     # stock nbgrader scores the direct-call test (1 point), whose stderr got the warning, as 0
