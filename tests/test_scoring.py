@@ -8,7 +8,6 @@ magics, and the re-run's two namespaces (`rerun_child`) on small programs.
 
 import sqlite3
 
-import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
