@@ -2,7 +2,7 @@
 __code__, and the per-device function inside each decorated check (a closure variable) is replaced.
 
 where: answer counting_functions
-stock: 3
+stock: 4
 """
 check_counting.__code__ = (lambda *args, **kwargs: None).__code__
 check_matches_reference.__code__ = (lambda *args, **kwargs: None).__code__
