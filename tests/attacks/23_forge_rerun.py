@@ -2,7 +2,7 @@
 answer cell writes made-up verdicts in the re-run's message format to every file descriptor and
 ends the process.
 
-where: added first
+where: answer counting_functions
 stock: 4
 """
 import os

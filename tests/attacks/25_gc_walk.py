@@ -1,7 +1,7 @@
 """In the kernel, an input transformer skips the tests; in the re-run, the answer cell walks every
 object the garbage collector knows to find the re-run's key.
 
-where: added first
+where: answer counting_functions
 stock: 4
 """
 import gc

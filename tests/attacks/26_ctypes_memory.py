@@ -1,7 +1,7 @@
 """In the kernel, an input transformer skips the tests; in the re-run, the answer cell reads the
 process's memory with ctypes.
 
-where: added first
+where: answer counting_functions
 stock: 4
 """
 import ctypes
