@@ -141,6 +141,10 @@ def _table(headers: list[str], rows: list[list], numeric: set[int] = frozenset()
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _span(low: float, high: float) -> str:
+    return f"{low:.0%}" if f"{low:.0%}" == f"{high:.0%}" else f"{low:.0%}–{high:.0%}"
+
+
 def _img(name: str, png: bytes, alt: str) -> str:
     return f'<img alt="{_e(alt)}" src="data:image/png;base64,{b64encode(png).decode()}">'
 
@@ -182,15 +186,17 @@ def render(data: rd.ClassData, tables: dict, pictures: dict[str, bytes], course:
     parts.append(f'<p class="muted">Diagnoses are grouped by template: numbers, sizes, names in backticks and quoted '
                  f"text do not split a group. Shares are of the check's failures; the top {top} per check.</p>")
     parts.append(_img("failing-checks", pictures["failing-checks"], "most failed checks"))
-    rows = []
-    for c in sorted(tables["check_summaries"], key=lambda c: (data.assignments.index(c.assignment), -c.failures)):
-        diagnoses = "".join(f"<li><b>{d.count / c.failures:.0%}</b> ({d.count}) {_e(d.example)}"
-                            + (f' <span class="muted">· template: {_e(d.template)}</span>' if d.template != d.example
-                               else "") + "</li>" for d in c.diagnoses)
-        rows.append([_e(c.assignment), f"<code>{_e(c.cell)}</code>", _e(c.check), c.failures, c.runs,
-                     f'<ul class="diag">{diagnoses}</ul>' if diagnoses else '<span class="muted">never failed</span>'])
-    parts.append(_table(["assignment", "cell", "check", "failed", "ran", "most common diagnoses"], rows,
-                        numeric={3, 4}))
+    for assignment in data.assignments:
+        rows = []
+        for c in sorted((c for c in tables["check_summaries"] if c.assignment == assignment), key=lambda c: -c.failures):
+            diagnoses = "".join(
+                f"<li><b>{d.count / c.failures:.0%}</b> ({d.count}) {_e(d.example)}"
+                + (f' <span class="muted">· {d.wordings} wordings of: {_e(d.template)}</span>' if d.wordings > 1 else "")
+                + "</li>" for d in c.diagnoses)
+            rows.append([f"<code>{_e(c.cell)}</code>", _e(c.check), c.failures, c.runs,
+                         f'<ul class="diag">{diagnoses}</ul>' if diagnoses else '<span class="muted">never failed</span>'])
+        parts.append(f"<h3>{_e(assignment)}</h3>" + _table(["cell", "check", "failed", "ran", "most common diagnoses"],
+                                                           rows, numeric={2, 3}))
 
     parts.append('<h2 id="flagged">Flagged submissions</h2>')
     flagged = rd.flagged(data)
@@ -213,9 +219,13 @@ def render(data: rd.ClassData, tables: dict, pictures: dict[str, bytes], course:
     if len(data.assignments) < 2:
         parts.append("<p>One assignment in this report: name several to compare them.</p>")
     else:
-        parts.append(_table(["student", "name", "check", "failed in"],
-                            [[_e(r["student"]), _e(r["name"]), _e(r["check"]), _e(", ".join(r["assignments"].split(";")))]
-                             for r in tables["repeats"]]) if tables["repeats"] else "<p>None.</p>")
+        by_student: dict[str, list[dict]] = {}
+        for r in tables["repeats"]:
+            by_student.setdefault(r["student"], []).append(r)
+        parts.append(_table(["student", "name", "checks failed in several assignments"],
+                            [[_e(student), _e(rows[0]["name"]),
+                              "; ".join(f"{_e(r['check'])} ({_e(', '.join(r['assignments'].split(';')))})" for r in rows)]
+                             for student, rows in by_student.items()]) if by_student else "<p>None.</p>")
 
     parts.append('<h2 id="similar">Similar answers, to review</h2>')
     parts.append(f'<p class="muted">Students whose answer cells are at least {threshold:.0%} alike once names, '
@@ -223,7 +233,7 @@ def render(data: rd.ClassData, tables: dict, pictures: dict[str, bytes], course:
                  "what most of the class wrote are left out). Short exercises with one natural solution make honest "
                  "answers alike: this list is for review, never a penalty, and nothing here changes a grade.</p>")
     rows = [[_e(a), _e(nb), len(members), _e(", ".join(members)),
-             f"{min(p.score for p in pairs):.0%}–{max(p.score for p in pairs):.0%}"]
+             _span(min(p.score for p in pairs), max(p.score for p in pairs))]
             for a, nb, members, pairs in tables["groups"]]
     parts.append(_table(["assignment", "notebook", "students", "who", "similarity"], rows, numeric={2})
                  if rows else "<p>None above the threshold.</p>")

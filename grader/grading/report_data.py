@@ -163,7 +163,7 @@ def load(coursedir, assignments: list[str], progress=lambda done, total, what: N
                                   "python -m grader autograde ASSIGNMENT first")
         for name in assignments:
             if name not in graded:
-                raise ReportError(f"no assignment {name!r} in the gradebook (it has: {', '.join(known) or 'none'})")
+                raise ReportError(f"no assignment {name!r} in the gradebook (it has: {', '.join(sorted(known)) or 'none'})")
             if not graded[name]:
                 waiting = len(glob.glob(coursedir.format_path(coursedir.submitted_directory, "*", name)))
                 raise ReportError(f"{name} is not graded yet: the gradebook holds no submission of it"
@@ -287,6 +287,7 @@ class Diagnosis:
     template: str
     example: str   # the most common wording
     count: int     # failures whose diagnosis holds this template
+    wordings: int  # distinct wordings grouped under the template
 
 
 @dataclass
@@ -341,9 +342,10 @@ def check_summaries(data: ClassData, top: int = 5) -> list[CheckSummary]:
     found = []
     for key in sorted(runs, key=order.get):
         diagnoses = []
-        for template_id, count in keys[key].most_common(top):
-            example = wordings[key + (template_id,)].most_common(1)[0][0]
-            diagnoses.append(Diagnosis(template(example), example, count))
+        for template_id, count in sorted(keys[key].items(), key=lambda item: (-item[1], item[0]))[:top]:
+            said = wordings[key + (template_id,)]
+            example = said.most_common(1)[0][0]
+            diagnoses.append(Diagnosis(template(example), example, count, len(said)))
         found.append(CheckSummary(*key, failures=failures[key], runs=runs[key], diagnoses=diagnoses))
     return found
 

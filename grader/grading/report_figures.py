@@ -72,7 +72,7 @@ def pass_rates(rows: list[dict], several: bool) -> bytes:
 def failing_checks(summaries: list, several: bool, top: int = 12) -> bytes:
     """The checks that failed most often, with the share their most common diagnosis holds."""
     failed = sorted((s for s in summaries if s.failures), key=lambda s: -s.failures)[:top]
-    figure = Figure(figsize=(8.5, 0.9 + 0.34 * max(len(failed), 1)), layout="constrained")
+    figure = Figure(figsize=(11, 0.9 + 0.34 * max(len(failed), 1)), layout="constrained")
     ax = figure.add_subplot()
     if not failed:
         ax.text(0.5, 0.5, "no check failed", ha="center", va="center", transform=ax.transAxes)
@@ -84,7 +84,7 @@ def failing_checks(summaries: list, several: bool, top: int = 12) -> bytes:
     ax.bar_label(bars, labels=[f"{s.failures} · {s.diagnoses[0].count / s.failures:.0%}: {_short(s.diagnoses[0].example)}"
                                if s.diagnoses else str(s.failures) for s in failed], padding=3, fontsize=8.5)
     ax.invert_yaxis()
-    ax.set_xlim(0, max(counts) * 2.6)
+    ax.set_xlim(0, max(counts) * 3.2)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("submissions in which the check failed · share of those failures with the top diagnosis")
     ax.set_title("Most failed checks and their most common diagnosis")
@@ -104,7 +104,7 @@ def grading_times(assignments: list[str], seconds: dict[str, list[float]]) -> by
         ax.text(0.5, 0.5, "no grading time recorded", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
         return png(figure)
-    ax.boxplot([seconds[a] for a in shown], vert=False, tick_labels=shown, widths=0.5, patch_artist=True,
+    ax.boxplot([seconds[a] for a in shown], orientation="horizontal", tick_labels=shown, widths=0.5, patch_artist=True,
                boxprops={"facecolor": PALE, "edgecolor": DARK}, medianprops={"color": DARK},
                flierprops={"markeredgecolor": WARM})
     for row, assignment in enumerate(shown, start=1):  # every notebook as a dot, spread a little for legibility
