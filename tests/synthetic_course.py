@@ -318,8 +318,8 @@ def _clone_rows(gradebook, archetype: str, assignment: str, student: str) -> Non
         target.flagged, target.late_submission_penalty = notebook.flagged, notebook.late_submission_penalty
         for grade in notebook.grades:
             copy = gradebook.find_grade(grade.name, notebook.name, assignment, student)
-            copy.auto_score, copy.manual_score, copy.extra_credit = grade.auto_score, grade.manual_score, grade.extra_credit
-            copy.needs_manual_grade = grade.needs_manual_grade
+            copy.auto_score, copy.manual_score = grade.auto_score, grade.manual_score
+            copy.extra_credit, copy.needs_manual_grade = grade.extra_credit, grade.needs_manual_grade
         for comment in notebook.comments:
             copy = gradebook.find_comment(comment.name, notebook.name, assignment, student)
             copy.auto_comment, copy.manual_comment = comment.auto_comment, comment.manual_comment

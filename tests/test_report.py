@@ -192,7 +192,8 @@ def test_similar_answers_group_the_same_code_under_other_names(built, course):
     pairs = [r for r in read_csv(built[0] / "similar.csv") if r["assignment"] == "lab"]
     groups = similarity.groups([similarity.Pair(r["student_a"], r["student_b"], float(r["similarity"]), 0)
                                 for r in pairs])
-    by_archetype = {a: sorted(s for s, per in PLAN.items() if per["lab"] == a) for a in ("no_bias_plain", "plain_blocks")}
+    by_archetype = {a: sorted(s for s, per in PLAN.items() if per["lab"] == a)
+                    for a in ("no_bias_plain", "plain_blocks")}
     assert sorted(groups) == sorted(by_archetype.values())
     (renamed,) = RENAMED
     assert renamed in by_archetype["plain_blocks"]
@@ -343,7 +344,11 @@ OTHER_STYLE = '''class Net(nn.Module):
     def forward(self, x):
         return self.head(self.body(x)) * self.scale
 '''
-STUB = "class Net(nn.Module):\n    def __init__(self, sizes):\n        # YOUR CODE HERE\n        raise NotImplementedError()\n"
+STUB = '''class Net(nn.Module):
+    def __init__(self, sizes):
+        # YOUR CODE HERE
+        raise NotImplementedError()
+'''
 
 
 def test_a_renamed_copy_matches_and_another_style_does_not():

@@ -119,16 +119,18 @@ class GradeTableExportPlugin(ExportPlugin):
     def export(self, gradebook) -> None:
         table = grade_table(gradebook, [str(a) for a in self.assignment], [str(s) for s in self.student])
         if not table.students:
-            raise ExportError("no student to export: the gradebook has none" + (" of those named" if self.student else "")
-                              + ". Import the roster first: nbgrader db student import students.csv")
+            named = " of those named" if self.student else ""
+            raise ExportError(f"no student to export: the gradebook has none{named}. Import the roster first: "
+                              "nbgrader db student import students.csv")
         if not table.assignments:
             raise ExportError("no assignment to export: none " + ("of those named " if self.assignment else "")
                               + "has a graded submission yet. Run python -m grader autograde ASSIGNMENT first")
         for name in table.skipped:
             self.log.warning("Leaving out %s: no graded submission yet (it would enter the LMS as zeros)", name)
         if table.manual:
+            shown = ", ".join(table.manual[:10]) + (" ..." if len(table.manual) > 10 else "")
             self.log.warning("%d submission(s) still need a manual grade; their cells count as 0 until graded: %s",
-                             len(table.manual), ", ".join(table.manual[:10]) + (" ..." if len(table.manual) > 10 else ""))
+                             len(table.manual), shown)
         destination = self.to or self.default_to
         with open(destination, "w", newline="", encoding="utf-8") as handle:
             csv.writer(handle).writerows(self.rows(table))

@@ -145,7 +145,7 @@ def _span(low: float, high: float) -> str:
     return f"{low:.0%}" if f"{low:.0%}" == f"{high:.0%}" else f"{low:.0%}–{high:.0%}"
 
 
-def _img(name: str, png: bytes, alt: str) -> str:
+def _img(png: bytes, alt: str) -> str:
     return f'<img alt="{_e(alt)}" src="data:image/png;base64,{b64encode(png).decode()}">'
 
 
@@ -162,7 +162,7 @@ def render(data: rd.ClassData, tables: dict, pictures: dict[str, bytes], course:
              '<a href="#similar">Similar answers</a></nav>']
 
     parts.append('<h2 id="scores">Scores</h2>')
-    parts.append(_img("scores", pictures["scores"], "score histogram per assignment"))
+    parts.append(_img(pictures["scores"], "score histogram per assignment"))
     rows = []
     for assignment in data.assignments:
         mine = [s for s in data.submissions if s.assignment == assignment]
@@ -175,7 +175,7 @@ def render(data: rd.ClassData, tables: dict, pictures: dict[str, bytes], course:
                          "no submission"], rows, numeric={1, 2, 3, 4, 5, 6, 7}))
 
     parts.append('<h2 id="cells">Pass rate of each test cell</h2>')
-    parts.append(_img("pass-rates", pictures["pass-rates"], "pass rate per test cell"))
+    parts.append(_img(pictures["pass-rates"], "pass rate per test cell"))
     parts.append(_table(["assignment", "cell", "points", "passed", "failed", "tampered", "no verdict", "grader error",
                          "pass rate"],
                         [[_e(r["assignment"]), f"<code>{_e(r['cell'])}</code>", f"{r['points']:g}", r["passed"],
@@ -185,16 +185,19 @@ def render(data: rd.ClassData, tables: dict, pictures: dict[str, bytes], course:
     parts.append('<h2 id="checks">Checks: how often each failed, and the most common diagnoses</h2>')
     parts.append(f'<p class="muted">Diagnoses are grouped by template: numbers, sizes, names in backticks and quoted '
                  f"text do not split a group. Shares are of the check's failures; the top {top} per check.</p>")
-    parts.append(_img("failing-checks", pictures["failing-checks"], "most failed checks"))
+    parts.append(_img(pictures["failing-checks"], "most failed checks"))
     for assignment in data.assignments:
         rows = []
-        for c in sorted((c for c in tables["check_summaries"] if c.assignment == assignment), key=lambda c: -c.failures):
+        mine = [c for c in tables["check_summaries"] if c.assignment == assignment]
+        for c in sorted(mine, key=lambda c: -c.failures):
             diagnoses = "".join(
                 f"<li><b>{d.count / c.failures:.0%}</b> ({d.count}) {_e(d.example)}"
-                + (f' <span class="muted">· {d.wordings} wordings of: {_e(d.template)}</span>' if d.wordings > 1 else "")
+                + (f' <span class="muted">· {d.wordings} wordings of: {_e(d.template)}</span>'
+                   if d.wordings > 1 else "")
                 + "</li>" for d in c.diagnoses)
             rows.append([f"<code>{_e(c.cell)}</code>", _e(c.check), c.failures, c.runs,
-                         f'<ul class="diag">{diagnoses}</ul>' if diagnoses else '<span class="muted">never failed</span>'])
+                         f'<ul class="diag">{diagnoses}</ul>' if diagnoses
+                         else '<span class="muted">never failed</span>'])
         parts.append(f"<h3>{_e(assignment)}</h3>" + _table(["cell", "check", "failed", "ran", "most common diagnoses"],
                                                            rows, numeric={2, 3}))
 
@@ -208,7 +211,7 @@ def render(data: rd.ClassData, tables: dict, pictures: dict[str, bytes], course:
                          for nb in flagged]) if flagged else "<p>None.</p>")
 
     parts.append('<h2 id="time">Grading time per notebook</h2>')
-    parts.append(_img("grading-time", pictures["grading-time"], "grading time per notebook"))
+    parts.append(_img(pictures["grading-time"], "grading time per notebook"))
     slowest = sorted((nb for nb in data.notebooks() if nb.seconds is not None), key=lambda nb: -nb.seconds)[:10]
     parts.append(_table(["assignment", "student", "notebook", "kernel run (s)", "re-run (s)", "total (s)"],
                         [[_e(nb.assignment), _e(nb.student), _e(nb.name),
@@ -224,7 +227,8 @@ def render(data: rd.ClassData, tables: dict, pictures: dict[str, bytes], course:
             by_student.setdefault(r["student"], []).append(r)
         parts.append(_table(["student", "name", "checks failed in several assignments"],
                             [[_e(student), _e(rows[0]["name"]),
-                              "; ".join(f"{_e(r['check'])} ({_e(', '.join(r['assignments'].split(';')))})" for r in rows)]
+                              "; ".join(f"{_e(r['check'])} ({_e(r['assignments'].replace(';', ', '))})"
+                                        for r in rows)]
                              for student, rows in by_student.items()]) if by_student else "<p>None.</p>")
 
     parts.append('<h2 id="similar">Similar answers, to review</h2>')

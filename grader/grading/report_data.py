@@ -86,7 +86,7 @@ class ClassData:
     max_scores: dict[str, float]
     students: dict[str, str]                  # id -> "First Last" (or the id)
     submissions: list[Submission]
-    stubs: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)   # (assignment, notebook) -> cell -> stub
+    stubs: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)  # (assignment, notebook) -> cell -> stub
     given: dict[tuple[str, str], frozenset] = field(default_factory=dict)        # names the release's code uses
 
     def notebooks(self):
@@ -153,8 +153,8 @@ def load(coursedir, assignments: list[str], progress=lambda done, total, what: N
     with Gradebook(coursedir.db_url, coursedir.course_id) as gradebook:
         known = [a.name for a in gradebook.assignments]
         if not known and not gradebook.students:
-            raise ReportError(f"the gradebook {coursedir.db_url} is empty: no assignments and no students. Generate the "
-                              "assignments (nbgrader generate_assignment), then autograde the submissions")
+            raise ReportError(f"the gradebook {coursedir.db_url} is empty: no assignments and no students. Generate "
+                              "the assignments (nbgrader generate_assignment), then autograde the submissions")
         graded = {a.name: gradebook.assignment_submissions(a.name) for a in gradebook.assignments}
         if not assignments:
             assignments = [name for name in known if graded[name]]
@@ -163,11 +163,13 @@ def load(coursedir, assignments: list[str], progress=lambda done, total, what: N
                                   "python -m grader autograde ASSIGNMENT first")
         for name in assignments:
             if name not in graded:
-                raise ReportError(f"no assignment {name!r} in the gradebook (it has: {', '.join(sorted(known)) or 'none'})")
+                has = ", ".join(sorted(known)) or "none"
+                raise ReportError(f"no assignment {name!r} in the gradebook (it has: {has})")
             if not graded[name]:
                 waiting = len(glob.glob(coursedir.format_path(coursedir.submitted_directory, "*", name)))
                 raise ReportError(f"{name} is not graded yet: the gradebook holds no submission of it"
-                                  + (f" ({waiting} submitted under {coursedir.submitted_directory}/)" if waiting else "")
+                                  + (f" ({waiting} submitted under {coursedir.submitted_directory}/)"
+                                     if waiting else "")
                                   + f". Run python -m grader autograde {name} first")
         students = {s.id: " ".join(filter(None, (s.first_name, s.last_name))) or s.id for s in gradebook.students}
         data = ClassData(list(assignments), {}, students, [])
@@ -192,9 +194,9 @@ def load(coursedir, assignments: list[str], progress=lambda done, total, what: N
         if missing:
             shown = "\n  ".join(str(p) for p in missing[:10]) + (f"\n  ... and {len(missing) - 10} more"
                                                                   if len(missing) > 10 else "")
-            raise ReportError(f"{len(missing)} graded notebook(s) missing from {coursedir.autograded_directory}/ though "
-                              f"the gradebook holds their scores:\n  {shown}\nGrade them again (python -m grader "
-                              "autograde ASSIGNMENT --student ID --force), or restore the folder")
+            raise ReportError(f"{len(missing)} graded notebook(s) missing from {coursedir.autograded_directory}/ "
+                              f"though the gradebook holds their scores:\n  {shown}\nGrade them again "
+                              "(python -m grader autograde ASSIGNMENT --student ID --force), or restore the folder")
         for name in assignments:
             try:
                 notebooks = gradebook.find_assignment(name).notebooks
@@ -323,6 +325,7 @@ def check_summaries(data: ClassData, top: int = 5) -> list[CheckSummary]:
     runs: dict[tuple, int] = Counter()
     keys: dict[tuple, Counter] = defaultdict(Counter)
     wordings: dict[tuple, Counter] = defaultdict(Counter)
+    details: set[str] = set()  # templates seen as a detail line (where to look), not only as the headline
     order: dict[tuple, int] = {}
     for nb in data.notebooks():
         for cell in nb.tests:
@@ -336,13 +339,16 @@ def check_summaries(data: ClassData, top: int = 5) -> list[CheckSummary]:
                     keys[where + (check,)][key] += 1
                 for line in diagnoses:
                     wordings[where + (check, template_key(line))][" ".join(line.split())] += 1
+                details.update(template_key(line) for line in diagnoses[1:])
             for check in dict.fromkeys(seen):
                 runs[where + (check,)] += 1
                 order.setdefault(where + (check,), len(order))
     found = []
     for key in sorted(runs, key=order.get):
         diagnoses = []
-        for template_id, count in sorted(keys[key].items(), key=lambda item: (-item[1], item[0]))[:top]:
+        # most common first; in a tie, a detail (the cause, where to look) before a headline (the symptom)
+        ranked = sorted(keys[key].items(), key=lambda item: (-item[1], item[0] not in details, item[0]))
+        for template_id, count in ranked[:top]:
             said = wordings[key + (template_id,)]
             example = said.most_common(1)[0][0]
             diagnoses.append(Diagnosis(template(example), example, count, len(said)))

@@ -81,17 +81,19 @@ def failing_checks(summaries: list, several: bool, top: int = 12) -> bytes:
     labels = [(f"{s.assignment} · " if several else "") + f"{s.cell}: {s.check}" for s in failed]
     counts = [s.failures for s in failed]
     bars = ax.barh(labels, counts, color=WARM)
-    ax.bar_label(bars, labels=[f"{s.failures} · {s.diagnoses[0].count / s.failures:.0%}: {_short(s.diagnoses[0].example)}"
-                               if s.diagnoses else str(s.failures) for s in failed], padding=3, fontsize=8.5)
+    labels = [f"{s.failures} · {s.diagnoses[0].count / s.failures:.0%}: {_short(s.diagnoses[0].example)}"
+              if s.diagnoses else str(s.failures) for s in failed]
+    ax.bar_label(bars, labels=labels, padding=3, fontsize=8.5)
     ax.invert_yaxis()
-    ax.set_xlim(0, max(counts) * 3.2)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlim(0, max(counts) * 3.2)  # room for the labels; ticks only under the bars
+    ax.set_xticks([t for t in MaxNLocator(nbins=4, integer=True).tick_values(0, max(counts)) if 0 <= t <= max(counts)])
+    ax.spines[["top", "right"]].set_visible(False)
     ax.set_xlabel("submissions in which the check failed · share of those failures with the top diagnosis")
     ax.set_title("Most failed checks and their most common diagnosis")
     return png(figure)
 
 
-def _short(text: str, width: int = 52) -> str:
+def _short(text: str, width: int = 60) -> str:
     return text if len(text) <= width else text[:width - 1].rstrip() + "…"
 
 
