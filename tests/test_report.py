@@ -19,7 +19,7 @@ from synthetic_course import CLASS_ASSIGNMENTS, RENAMED, class_plan, shared_clas
 
 from grader.grading import report, report_data, similarity
 
-pytestmark = pytest.mark.notebooks
+graded = pytest.mark.notebooks  # tests of the graded class (built with nbgrader and kernels); the others are fast
 
 # ---------------------------------------------------------------- the known pattern, written by hand
 
@@ -102,6 +102,7 @@ def built(course, tmp_path_factory):
 
 # ---------------------------------------------------------------- the report equals the pattern
 
+@graded
 def test_the_cli_reports_progress_and_writes_the_page_and_the_data(built):
     out, done = built
     assert "Report on lab, lab2: 31 students, 60 submissions, 60 notebooks" in done.stdout
@@ -114,6 +115,7 @@ def test_the_cli_reports_progress_and_writes_the_page_and_the_data(built):
         assert (out / "figures" / f"{name}.png").read_bytes().startswith(b"\x89PNG"), name
 
 
+@graded
 def test_pass_rates_equal_the_known_pattern(built):
     rows = {(r["assignment"], r["cell"]): r for r in read_csv(built[0] / "cells.csv")}
     assert set(rows) == {(a, c) for a in CLASS_ASSIGNMENTS for c in CELLS}
@@ -126,6 +128,7 @@ def test_pass_rates_equal_the_known_pattern(built):
     assert (rows[("lab", "test_super_net")]["passed"], rows[("lab", "test_super_net")]["failed"]) == ("14", "17")
 
 
+@graded
 def test_diagnoses_grouped_by_template_equal_the_known_pattern(built):
     """Every failed check, its number of failures, and every diagnosis template with its count."""
     found = defaultdict(Counter)
@@ -137,6 +140,7 @@ def test_diagnoses_grouped_by_template_equal_the_known_pattern(built):
     assert found == expected_failures()
 
 
+@graded
 def test_the_most_common_misconception_has_its_share(built):
     """The plain list of layers (2 at `self.layers` or 3 at `self.blocks`: one template) in lab's SuperNet."""
     rows = [r for r in read_csv(built[0] / "checks.csv")
@@ -148,6 +152,7 @@ def test_the_most_common_misconception_has_its_share(built):
     assert rows[0]["example"].startswith("2 nn.Linear layers sit in a plain list at `self.layers`")
 
 
+@graded
 def test_scores_and_late_penalties_are_nbgraders(built):
     for row in read_csv(built[0] / "scores.csv"):
         archetype = PLAN[row["student"]][row["assignment"]]
@@ -158,6 +163,7 @@ def test_scores_and_late_penalties_are_nbgraders(built):
     assert len(read_csv(built[0] / "scores.csv")) == sum(len(per) for per in PLAN.values())
 
 
+@graded
 def test_flagged_submissions_with_their_reasons(built):
     rows = read_csv(built[0] / "flagged.csv")
     expected = {(a, s) for s, per in PLAN.items() for a, arch in per.items() if arch == "flagged"}
@@ -167,6 +173,7 @@ def test_flagged_submissions_with_their_reasons(built):
     assert len(rows) == 4 * len(expected)  # one reason per test cell the kernel claimed
 
 
+@graded
 def test_grading_time_per_notebook_is_recorded(built):
     rows = read_csv(built[0] / "notebooks.csv")
     assert len(rows) == 60
@@ -175,6 +182,7 @@ def test_grading_time_per_notebook_is_recorded(built):
         assert float(row["seconds"]) == pytest.approx(float(row["kernel_seconds"]) + float(row["rerun_seconds"]))
 
 
+@graded
 def test_students_who_fail_the_same_check_in_both_assignments(built):
     expected = set()
     for student, per in PLAN.items():
@@ -185,6 +193,7 @@ def test_students_who_fail_the_same_check_in_both_assignments(built):
     assert all(r["assignments"] == "lab;lab2" for r in rows)
 
 
+@graded
 def test_similar_answers_group_the_same_code_under_other_names(built, course):
     """In lab, the two archetypes with code of their own form one group each, the renamed copy included; answers
     most of the class wrote (the reference, 17 of 31 with no_super's) are left out as common, the blank stubs as
@@ -202,6 +211,7 @@ def test_similar_answers_group_the_same_code_under_other_names(built, course):
     assert all(float(r["similarity"]) == 1.0 for r in pairs)
 
 
+@graded
 def test_the_page_is_self_contained(built):
     page = (built[0] / "report.html").read_text()
     assert "<script" not in page.lower()
@@ -213,6 +223,7 @@ def test_the_page_is_self_contained(built):
         assert text in page, text
 
 
+@graded
 def test_what_students_wrote_is_escaped(course, tmp_path, monkeypatch, capsys):
     """A diagnosis quotes the student's names; one that holds HTML must reach the page as text."""
     copy = shutil.copytree(course, tmp_path / "course")
@@ -252,6 +263,7 @@ def test_empty_gradebook(tmp_path, monkeypatch, capsys):
     assert code == 2 and "is empty: no assignments and no students" in message
 
 
+@graded
 def test_an_assignment_not_graded_yet(course, tmp_path, monkeypatch, capsys):
     from nbgrader.api import Gradebook
 
@@ -266,6 +278,7 @@ def test_an_assignment_not_graded_yet(course, tmp_path, monkeypatch, capsys):
     assert code == 2 and "no assignment 'nope' in the gradebook (it has: lab, lab2, lab3)" in message
 
 
+@graded
 def test_a_notebook_missing_from_autograded(course, tmp_path, monkeypatch, capsys):
     copy = shutil.copytree(course, tmp_path / "course")
     shutil.rmtree(copy / "autograded" / "s005" / "lab2")
@@ -274,6 +287,7 @@ def test_a_notebook_missing_from_autograded(course, tmp_path, monkeypatch, capsy
     assert str(copy / "autograded" / "s005" / "lab2" / "lab.ipynb") in message and "--force" in message
 
 
+@graded
 def test_a_notebook_graded_without_the_rerun(course, tmp_path, monkeypatch, capsys):
     copy = shutil.copytree(course, tmp_path / "course")
     path = copy / "autograded" / "s002" / "lab" / "lab.ipynb"
