@@ -428,11 +428,13 @@ class GuardedExecute(_Execute):
         # Outside every folder the kernel may open: the guard writes its refusals to an fd opened before.
         handle, self._log_path = tempfile.mkstemp(prefix="grader-refusals-", suffix=".log")
         os.close(handle)
+        started = time.monotonic()
         try:
             nb, resources = super().preprocess(nb, resources, km)
             refused = Path(self._log_path).read_text(errors="replace").splitlines()
             if resources is not None:
                 resources.setdefault("grader", {})["kernel_refusals"] = list(dict.fromkeys(refused))
+                resources["grader"]["kernel_seconds"] = time.monotonic() - started  # for the class report
             return nb, resources
         finally:
             shutil.rmtree(self._tmp_dir, ignore_errors=True)
@@ -491,7 +493,8 @@ class RerunTests(_NbGraderPreprocessor):
         outcomes = self._rerun(nb, resources, cells) if any(kind == "test" for _, (kind, _, _) in cells) else []
         seconds = time.monotonic() - started
         reasons += scoring.record(nb, cells, outcomes)
-        nb.metadata["grader"] = scoring.notebook_verdict(bool(reasons), reasons, seconds)
+        nb.metadata["grader"] = scoring.notebook_verdict(bool(reasons), reasons, seconds,
+                                                         resources.get("grader", {}).get("kernel_seconds"))
         if reasons:
             self._flag(info, reasons)
         return nb, resources

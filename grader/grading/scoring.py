@@ -11,7 +11,8 @@ shown), so the kernel's outputs are what the student sees, never what is scored:
   ``{"status", "points", "max_points", "lines", "error", "seconds"}`` (status: ``passed``,
   ``failed``, ``tampered``, ``missing`` or ``grader-error``; lines: the check verdicts the re-run
   printed and the failure's diagnosis, which feedback shows in place of the test), and the
-  notebook's to ``nb.metadata["grader"]``: ``{"flagged", "reasons", "rerun_seconds"}``.
+  notebook's to ``nb.metadata["grader"]``: ``{"flagged", "reasons", "rerun_seconds", "kernel_seconds"}``
+  (kernel_seconds: nbgrader's run of the notebook in its kernel, start-up included).
 * `SaveRerunGrades`, in place of SaveAutoGrades, scores a test cell from that verdict alone:
   passed → its points, grader-error → no auto score (nbgrader marks the cell for a manual grade),
   anything else, or no verdict at all → 0. Everything else is nbgrader's own: the gradebook rows,
@@ -123,8 +124,11 @@ def verdict(outcome, max_points: float, explanation: list[str]) -> dict:
             "seconds": round(float(outcome.seconds), 3) if outcome is not None else 0.0}
 
 
-def notebook_verdict(flagged: bool, reasons: list[str], seconds: float) -> dict:
-    return {"flagged": bool(flagged), "reasons": list(reasons), "rerun_seconds": round(float(seconds), 3)}
+def notebook_verdict(flagged: bool, reasons: list[str], seconds: float, kernel_seconds: float | None = None) -> dict:
+    found = {"flagged": bool(flagged), "reasons": list(reasons), "rerun_seconds": round(float(seconds), 3)}
+    if kernel_seconds is not None:
+        found["kernel_seconds"] = round(float(kernel_seconds), 3)
+    return found
 
 
 def record(nb, cells, outcomes) -> list[str]:
