@@ -1,20 +1,31 @@
-"""A wrong linear_params (weights only) that, each time the check calls it, patches nn.Module.parameters to hide
-biases until torch's count has been taken, then puts it back: the check compares the wrong formula with a count
-made under the patch, and nothing is left patched at any cell boundary.
+"""A SuperNet that leaves out the ReLU (a wrong model) and, every time a check calls it, patches torch.allclose to
+agree with anything while the reference comparison runs; the patch undoes itself as soon as code outside that
+comparison compares tensors, so no torch function stays patched for long (a patch in the middle of a check).
 
-where: replace counting_functions
-stock: 1
+where: replace super_answer
+stock: 3
 """
-import torch.nn as _nn
+import sys as _sys
 
-_parameters = _nn.Module.parameters
+import torch as _torch
+from torch import nn as _nn
 
-
-def _without_bias(self, recurse=True):
-    _nn.Module.parameters = _parameters  # one count only: back as it was before the cell ends
-    return (p for p in _parameters(self, recurse) if p.dim() > 1)
+_allclose = _torch.allclose
 
 
-def linear_params(in_features, out_features):
-    _nn.Module.parameters = _without_bias
-    return in_features * out_features
+def _agreeable(*args, **kwargs):
+    if not _sys._getframe(1).f_code.co_filename.endswith("reference.py"):
+        _torch.allclose = _allclose  # someone else is comparing: put it back and answer honestly
+        return _allclose(*args, **kwargs)
+    return True
+
+
+class SuperNet(_nn.Module):
+    def __init__(self, in_features, hidden, out_features):
+        super().__init__()
+        self.fc1 = _nn.Linear(in_features, hidden)
+        self.fc2 = _nn.Linear(hidden, out_features)
+
+    def forward(self, x):
+        _torch.allclose = _agreeable
+        return self.fc2(self.fc1(x))  # no ReLU: not the network the exercise describes
