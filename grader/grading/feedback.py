@@ -19,6 +19,7 @@ import ast
 import re
 
 from nbgrader.preprocessors import NbGraderPreprocessor
+from traitlets import List
 
 HIDDEN_NOTE = "# The test's code is not shown in feedback. Its verdict is below."
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -92,6 +93,11 @@ def verdict_lines(ename: str, evalue: str) -> list[str]:
 
 class HideTestCode(NbGraderPreprocessor):
     """Test cells in feedback: the docstring and the verdicts, not the code."""
+
+    # NbGraderPreprocessor re-declares nbconvert's display_data_priority without config=True, so the HTML
+    # exporter's NbConvertBase.display_data_priority setting is reported as "not recognized"; nbgrader's own
+    # GetGrades makes it configurable again, and so does this.
+    display_data_priority = List(NbGraderPreprocessor.display_data_priority.default_value).tag(config=True)
 
     def preprocess_cell(self, cell, resources, index):
         if not is_test_cell(cell):
