@@ -26,6 +26,8 @@ from .checks.saving import check_checkpoint_round_trip, check_loads_state_dict
 from .checks.fixes import check_log, check_same_function
 from .checks.state_dict_keys import check_key_upgrade
 from .checks.training import check_counter, check_optimizer, check_predict, check_training_step
+from .checks.functional import check_ensemble_forward
+from .checks.state import check_loads_checkpoint, check_materializes, check_plain_state_dict
 
 __all__ = [
     "CheckFailed", "GraderError", "check_matches_reference", "check_counting", "check_device_transfer", "check_eval_behaviour", "check_gradient_flow",
@@ -37,4 +39,5 @@ __all__ = [
     "check_counter", "check_log", "check_optimizer", "check_predict", "check_same_function", "check_training_step",
     "check_call_pipeline", "check_export_agrees", "check_checkpoint_round_trip", "check_key_upgrade",
     "check_loads_state_dict",
+    "check_loads_checkpoint", "check_materializes", "check_plain_state_dict", "check_ensemble_forward",
 ]

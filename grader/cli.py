@@ -2,7 +2,8 @@
 
 For students: ``devices``, ``check FILE.py:NAME --example 8,20``, ``setup-check`` and ``progress NOTEBOOK...``
 (what the student kit's `make test` runs). For instructors: ``autograde ASSIGNMENT [--workers N]``
-(grader/grading/autograde.py) and ``student-kit`` (grader/grading/student_kit.py).
+(grader/grading/autograde.py), ``student-kit`` (grader/grading/student_kit.py), ``report [ASSIGNMENT...]``
+(grader/grading/report.py) and ``export --format canvas|moodle|csv`` (grader/grading/export.py).
 """
 
 import argparse
@@ -48,12 +49,24 @@ def main(argv=None) -> int:
         from .grading.student_kit import main as student_kit
 
         return student_kit(argv[1:])
+    if argv[:1] == ["report"]:  # its own parser too: nbgrader's --db, --course-dir... pass through
+        from .grading.report import main as report
+
+        return report(argv[1:])
+    if argv[:1] == ["export"]:
+        from .grading.export import main as export
+
+        return export(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m grader", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("autograde", help="autograde every submission of an assignment in parallel, into nbgrader's "
                                      "gradebook (python -m grader autograde --help)")
     sub.add_parser("student-kit", help="build the student kit: lessons, exercises, the grader, no solutions "
                                        "(python -m grader student-kit --help)")
+    sub.add_parser("report", help="the class report: pass rates, diagnoses, flags, similar answers, as HTML and CSV "
+                                  "(python -m grader report --help)")
+    sub.add_parser("export", help="grades for Canvas, Moodle or a CSV, with late penalties and course totals "
+                                  "(python -m grader export --help)")
     sub.add_parser("devices", help="print the device matrix the checks will run on")
     sub.add_parser("setup-check", help="check this environment: Python, the pinned packages, the grader")
     progress = sub.add_parser("progress", help="run the visible tests of exercise notebooks and count what passes")

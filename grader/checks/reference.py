@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .diagnose import describe_error, explain_error, type_name
+from .diagnose import describe_error, dotted_children, explain_error, type_name
 from .report import GraderError, fail, plural
 from .runner import SEED, _build, _check, _forward, _inputs, _loss, _tensors
 
@@ -33,6 +33,16 @@ def _flat(output, path: str = "output") -> list[tuple[str, object]]:
     if isinstance(output, dict):
         return [pair for key, item in output.items() for pair in _flat(item, f"{path}[{key!r}]")]
     return [(path, output)]
+
+
+def _in_key_order(output):
+    """Dicts of outputs sorted by key, so that {task: logits} in another insertion order compares (and weighs the
+    loss) key by key."""
+    if isinstance(output, dict) and all(isinstance(k, str) for k in output):
+        return {k: _in_key_order(output[k]) for k in sorted(output)}
+    if type(output) in (tuple, list):
+        return type(output)(_in_key_order(item) for item in output)
+    return output
 
 
 def _scale(t: torch.Tensor) -> float:
@@ -115,17 +125,46 @@ def _state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _match_by_position(yours: dict, theirs: dict) -> dict[str, str] | None:
-    """your name -> the reference's, when both list tensors of the same shapes in the same order (another
-    style of the same model, e.g. explicit layers instead of an nn.Sequential); else None."""
-    a, b = list(yours.items()), list(theirs.items())
-    if len(a) != len(b) or any(x.shape != y.shape for (_, x), (_, y) in zip(a, b)):
+    """your name -> the reference's, when both hold tensors of the same shapes and, among the tensors of each shape,
+    in the same order (another style of the same model: explicit layers instead of an nn.Sequential, a bare
+    nn.Parameter, which state_dict() lists before the children, instead of a bias-free nn.Linear); else None.
+    A wrong pairing can only make the two models differ, never make a wrong model pass."""
+    def groups(tensors: dict) -> dict:
+        found = {}
+        for name, t in tensors.items():
+            found.setdefault((tuple(t.shape), t.is_floating_point()), []).append(name)
+        return found
+
+    mine, ref = groups(yours), groups(theirs)
+    if len(yours) != len(theirs) or mine.keys() != ref.keys() or any(len(mine[k]) != len(ref[k]) for k in mine):
         return None
-    return {mine: ref for (mine, _), (ref, _) in zip(a, b)}
+    return {a: b for key in mine for a, b in zip(mine[key], ref[key])}
+
+
+def _other_layers(student: nn.Module, ref: nn.Module) -> list[str]:
+    """"`body.0` is nn.Linear in yours, LoRALinear in the exercise's model": the outermost places where both
+    models hold a layer, of different types."""
+    theirs, found, outer = dict(ref.named_modules()), [], []
+    for name, module in student.named_modules():
+        if not name or any(name.startswith(o + ".") for o in outer):
+            continue
+        other = theirs.get(name)
+        if other is not None and type(other) is not type(module):
+            outer.append(name)
+            found.append(f"`{name}` is {type_name(module)} in yours, {type_name(other)} in the exercise's model")
+    return found
 
 
 def _reference_model(reference, student: nn.Module, device, title: str, where: str):
     """The reference on `device`, holding the student's weights; and the map of the student's names to its own."""
     __tracebackhide__ = True
+    dotted = dotted_children(student)
+    if dotted:
+        fail(title, "your model registers a layer under a name with a dot, as a new child",
+             [f"{name} is a child of its own, beside the layer it was meant to replace" for name in dotted[:3]],
+             hint="setattr(model, 'body.0', layer) does not reach into `body`: it adds a child named 'body.0' "
+                  "that forward never calls. Replace a nested layer with model.set_submodule('body.0', layer), "
+                  "or setattr on its parent: setattr(model.body, '0', layer)", devices=where)
     if not _is_factory(reference):
         ref = _Functional(reference, _state(student))
         return ref, {name: name for name in ref.state}
@@ -141,9 +180,11 @@ def _reference_model(reference, student: nn.Module, device, title: str, where: s
         names = _match_by_position(yours, theirs)
     if names is None:
         missing, extra = sorted(set(theirs) - set(yours)), sorted(set(yours) - set(theirs))
-        fail(title, "your model does not hold the tensors the exercise describes",
-             [f"the exercise's model has `{k}` {list(theirs[k].shape)}, yours has not" for k in missing[:3]]
-             + [f"yours has `{k}` {list(yours[k].shape)}, the exercise's model has not" for k in extra[:3]],
+        layers = _other_layers(student, ref)
+        shown = 2 if layers else 3
+        fail(title, "your model does not hold the tensors the exercise describes", layers[:3]
+             + [f"the exercise's model has `{k}` {list(theirs[k].shape)}, yours has not" for k in missing[:shown]]
+             + [f"yours has `{k}` {list(yours[k].shape)}, the exercise's model has not" for k in extra[:shown]],
              hint="use the attribute names, layer sizes and layer order the exercise gives: the grader loads your "
                   "weights into its reference model by name", devices=where)
     try:
@@ -219,8 +260,10 @@ def _structure(output) -> str:
     return f"a {type(output).__name__}"
 
 
-def _compare_gradients(title, where, mode, inputs, ref_inputs, student, ref_tensors, names):
+def _compare_gradients(title, where, mode, inputs, ref_inputs, student, ref_tensors, names) -> int:
+    """Fail on the first gradient that differs; return how many parameter gradients were compared."""
     __tracebackhide__ = True
+    compared = 0
     for i, (a, b) in enumerate(zip(inputs, ref_inputs)):
         if not (isinstance(b, torch.Tensor) and b.requires_grad):
             continue
@@ -241,6 +284,8 @@ def _compare_gradients(title, where, mode, inputs, ref_inputs, student, ref_tens
         if truth.grad is not None and p.grad is not None and not _close(p.grad, truth.grad):
             fail(title, f"in {mode} mode your outputs match, but the gradient of `{mine}` differs",
                  _difference(f"{mine}.grad", p.grad, truth.grad), hint=_CUT, devices=where)
+        compared += truth.grad is not None
+    return compared
 
 
 def _compare_buffers(title, where, mode, student, ref_tensors, names):
@@ -264,7 +309,7 @@ def _matches(build, reference, example, *, modes=MODES, device):
     student = _build(build, device, title)
     ref, names = _reference_model(reference, student, device, title, where)
     ref_tensors = ref.named_tensors() if isinstance(ref, _Functional) else _state(ref)
-    fingerprint = []
+    fingerprint, trained = [], 0
     for k, mode in enumerate(modes):
         if mode not in MODES:
             raise ValueError(f"modes must be among {MODES}, not {mode!r}")
@@ -279,9 +324,9 @@ def _matches(build, reference, example, *, modes=MODES, device):
         ref_inputs = tuple(x.detach().clone().requires_grad_(x.is_floating_point()) if isinstance(x, torch.Tensor)
                            else x for x in base)
         seed = SEED + 100 + k
-        other_truth = _other_mode(ref, ref_inputs, mode, seed)
-        truth = _run(ref, ref_inputs, title, where, seed, True)
-        yours = _run(student, inputs, title, where, seed, False)
+        other_truth = _in_key_order(_other_mode(ref, ref_inputs, mode, seed))
+        truth = _in_key_order(_run(ref, ref_inputs, title, where, seed, True))
+        yours = _in_key_order(_run(student, inputs, title, where, seed, False))
         _compare_outputs(title, where, mode, yours, truth, other_truth, inputs)
         if mode == "train":
             _compare_buffers(title, where, mode, student, ref_tensors, names)
@@ -299,11 +344,12 @@ def _matches(build, reference, example, *, modes=MODES, device):
             fail(title, f"backward() through your {mode}-mode output raised {describe_error(error)}",
                  hint=explain_error(error), devices=where)
         loss_truth.backward()
-        _compare_gradients(title, where, mode, inputs, ref_inputs, student, ref_tensors, names)
+        trained = max(trained, _compare_gradients(title, where, mode, inputs, ref_inputs, student, ref_tensors,
+                                                  names))
         fingerprint.append(torch.cat([t.detach().double().flatten().cpu() for t in _tensors(yours)]))
-    trained = sum(1 for p in student.parameters() if p.requires_grad)
-    summary = (f"{type_name(student)}'s outputs, input gradients and {plural(trained, 'parameter gradient')} "
-               f"agree with the exercise's model in {' and '.join(modes)} mode")
+    gradients = f"input gradients and {plural(trained, 'parameter gradient')}" if trained else "input gradients"
+    summary = (f"{type_name(student)}'s outputs, {gradients} agree with the exercise's model in "
+               f"{' and '.join(modes)} mode")
     return summary, torch.cat(fingerprint) if fingerprint else None
 
 

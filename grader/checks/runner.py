@@ -76,7 +76,8 @@ def _build(model, device: torch.device, title: str) -> nn.Module:
         fail(title, f"building the model raised {describe_error(error)}", hint=explain_error(error), devices=str(device))
     if not isinstance(built, nn.Module):
         fail(title, f"expected an nn.Module, got {type(built).__name__}",
-             hint="pass the model, its class, or a function that returns a new model", devices=str(device))
+             hint=("a function that should hand back the model ends without `return model`" if built is None else
+                   "pass the model, its class, or a function that returns a new model"), devices=str(device))
     try:
         return built.to(device)
     except Exception as error:
@@ -100,7 +101,8 @@ def _forward(model, inputs, title: str, device):
     """Call the model; fail with a diagnosis if it raises, if the call changes what is registered, or if it
     skips a layer's hooks."""
     __tracebackhide__ = True
-    before = {name: p for name, p in model.named_parameters()}
+    held = list(model.named_parameters())  # held, so that no id is reused; pairs, since a dotted child repeats names
+    before = {(name, id(p)) for name, p in held}
     hooks = hook_counts(model)
     called: set[int] = set()
     try:
@@ -121,7 +123,7 @@ def _forward(model, inputs, title: str, device):
         leaks = hook_leaks(model, lambda: model(*inputs), hooks, first=hook_counts(model))
         if leaks:
             fail(title, LEAK_PROBLEM, leaks, hint=LEAK_HINT, devices=str(device))
-    rebuilt = [n for n, p in model.named_parameters() if before.get(n) is not p]
+    rebuilt = [n for n, p in model.named_parameters() if (n, id(p)) not in before]
     if rebuilt:
         owners = sorted({n.rpartition(".")[0] or n for n in rebuilt})
         fail(title, "calling the model registers new parameters, so an optimizer built before it holds stale ones",
