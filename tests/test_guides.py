@@ -90,8 +90,9 @@ def test_the_local_config_is_optional_and_loaded_last(tmp_path):
 def test_instructor_data_is_git_ignored():
     if not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
-    paths = ["grades.csv", "gradebook.db", "nbgrader_config_local.py", "submitted/alice/x.ipynb",
-             "autograded/alice/x.ipynb", "feedback/alice/x.html", "build/student-kit.zip"]
+    paths = ["grades.csv", "canvas-grades.csv", "moodle-grades.csv", "students.csv", "gradebook.db",
+             "nbgrader_config_local.py", "submitted/alice/x.ipynb",
+             "autograded/alice/x.ipynb", "feedback/alice/x.html", "reports/report.html", "build/student-kit.zip"]
     ignored = subprocess.run(["git", "check-ignore", *paths], cwd=ROOT, capture_output=True, text=True).stdout.split()
     assert ignored == paths
     assert not subprocess.run(["git", "check-ignore", "-q", "nbgrader_config.py"], cwd=ROOT).returncode == 0
