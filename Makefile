@@ -45,8 +45,9 @@ test-browser: $(VENV) ## only the browser tests (JupyterLab in headless Chromium
 test-cuda: $(VENV) ## device-matrix tests and solution notebooks on cpu and cuda (needs a GPU)
 	GRADER_DEVICES=cpu,cuda $(BIN)/python -m pytest -m "device or notebooks" $(PYTEST_ARGS)
 
-exercises: $(VENV) ## regenerate exercises/ (the student release) from solutions/
-	$(BIN)/nbgrader generate_assignment "*" --force
+# Without FORCE, nbgrader skips a unit whose release exists: a unit students already have is never rewritten.
+exercises: $(VENV) ## generate exercises/ from solutions/ (ASSIGNMENT=NN_topic, or all; FORCE=1 rewrites a release)
+	$(BIN)/nbgrader generate_assignment "$(or $(ASSIGNMENT),*)" $(if $(FORCE),--force)
 
 validate: $(VENV) ## nbgrader validate: solutions must pass, exercises must fail
 	$(BIN)/nbgrader validate solutions/*/*.ipynb

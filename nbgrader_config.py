@@ -57,3 +57,7 @@ c.GenerateFeedback.preprocessors = [_feedback.HideTestCode, _feedback.SanitizeOu
 # A test cell the student deleted is put back (with its hidden part) and run, rather than keeping
 # whatever score the gradebook held for it.
 c.OverwriteCells.add_missing_cells = True
+
+# --- This machine's settings: nbgrader_config_local.py, next to this file, git-ignored and optional ---
+# e.g. c.Exchange.root = "/srv/nbgrader/exchange", or a PostgreSQL c.CourseDirectory.db_url; loaded last, so it wins.
+load_subconfig("nbgrader_config_local.py")  # noqa: F821 (provided by traitlets, like get_config); no file: no-op

@@ -21,6 +21,7 @@ import ast
 
 import nh3
 from nbgrader.preprocessors import NbGraderPreprocessor
+from traitlets import List
 
 try:
     from . import scoring
@@ -48,7 +49,18 @@ def docstring_line(source: str) -> str:
     return ""
 
 
-class HideTestCode(NbGraderPreprocessor):
+class FeedbackPreprocessor(NbGraderPreprocessor):
+    """nbgrader's preprocessor, taking the display_data_priority that generate_feedback's HTML exporter sets.
+
+    NbGraderPreprocessor re-declares nbconvert's display_data_priority without config=True, so the exporter's
+    NbConvertBase.display_data_priority is reported as "not recognized" by every subclass; nbgrader's own GetGrades
+    makes it configurable again, and so does this.
+    """
+
+    display_data_priority = List(NbGraderPreprocessor.display_data_priority.default_value).tag(config=True)
+
+
+class HideTestCode(FeedbackPreprocessor):
     """Test cells in feedback: the docstring and the re-run's verdict lines, not the code or the kernel's outputs."""
 
     def preprocess_cell(self, cell, resources, index):
@@ -100,7 +112,7 @@ def sanitize_output(output) -> None:
         output["metadata"] = {mime: meta for mime, meta in output["metadata"].items() if mime in kept}
 
 
-class SanitizeOutputs(NbGraderPreprocessor):
+class SanitizeOutputs(FeedbackPreprocessor):
     """Clean every display output, and every Markdown cell but the instructor's own; drop JavaScript and widgets.
 
     A Markdown cell is the instructor's when the gradebook holds it as a locked cell with that very
