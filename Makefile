@@ -34,7 +34,7 @@ lab: $(VENV) ## open JupyterLab on the course, with nbgrader's extensions (honou
 		--LabApp.news_url=None $(ROOT_FLAG)
 
 test: $(VENV) ## run everything CI runs
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25 $(PYTEST_ARGS)
 
 test-fast: $(VENV) ## grader unit tests only, no notebooks
 	$(BIN)/python -m pytest -m "not notebooks and not slow" $(PYTEST_ARGS)
