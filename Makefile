@@ -13,11 +13,12 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 # Jupyter refuses to run as root (containers, CI machines) unless told so.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: help lab test test-fast test-browser test-cuda exercises validate autograde autograde-parallel feedback benchmark clean
+.PHONY: help lab test test-fast test-browser test-cuda exercises validate autograde autograde-parallel feedback benchmark student-kit clean
 .DEFAULT_GOAL := help
 
 help: ## list the targets
-	@grep -E '^[a-z.-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-19s %s\n", $$1, $$2}'
+	@grep -E '^[$$()A-Za-z.-]+:.*## ' $(MAKEFILE_LIST) | sed 's/^$$(VENV)/$(VENV)/' | \
+		awk -F':.*## ' '{printf "  make %-19s %s\n", $$1, $$2}'
 
 # nbgrader's wheel enables its own server extensions (formgrader, assignment list, validate).
 $(VENV): pyproject.toml ## create the virtual environment (only set-up)
@@ -31,11 +32,13 @@ $(VENV): pyproject.toml ## create the virtual environment (only set-up)
 		echo "Grading needs bubblewrap, which is not installed: sudo apt-get install bubblewrap"
 	touch $(VENV)
 
+# news_url=None: no "news" notification from JupyterLab on a course machine.
 lab: $(VENV) ## open JupyterLab on the course, with nbgrader's extensions (honours JUPYTER_PORT)
-	$(BIN)/jupyter lab --ServerApp.root_dir="$(CURDIR)" --port=$(JUPYTER_PORT) --ServerApp.port_retries=0 $(ROOT_FLAG)
+	$(BIN)/jupyter lab --ServerApp.root_dir="$(CURDIR)" --port=$(JUPYTER_PORT) --ServerApp.port_retries=0 \
+		--LabApp.news_url=None $(ROOT_FLAG)
 
 test: $(VENV) ## run everything CI runs
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25 $(PYTEST_ARGS)
 
 test-fast: $(VENV) ## grader unit tests only, no notebooks
 	$(BIN)/python -m pytest -m "not notebooks and not slow" $(PYTEST_ARGS)
@@ -46,8 +49,9 @@ test-browser: $(VENV) ## only the browser tests (JupyterLab in headless Chromium
 test-cuda: $(VENV) ## device-matrix tests and solution notebooks on cpu and cuda (needs a GPU)
 	GRADER_DEVICES=cpu,cuda $(BIN)/python -m pytest -m "device or notebooks" $(PYTEST_ARGS)
 
-exercises: $(VENV) ## regenerate exercises/ (the student release) from solutions/
-	$(BIN)/nbgrader generate_assignment "*" --force
+# Without FORCE, nbgrader skips a unit whose release exists: a unit students already have is never rewritten.
+exercises: $(VENV) ## generate exercises/ from solutions/ (ASSIGNMENT=NN_topic, or all; FORCE=1 rewrites a release)
+	$(BIN)/nbgrader generate_assignment "$(or $(ASSIGNMENT),*)" $(if $(FORCE),--force)
 
 validate: $(VENV) ## nbgrader validate: solutions must pass, exercises must fail
 	$(BIN)/nbgrader validate solutions/*/*.ipynb
@@ -67,6 +71,9 @@ benchmark: $(VENV) ## stock nbgrader autograde against the parallel one, on the 
 feedback: $(VENV) ## generate feedback for every graded submission of ASSIGNMENT
 	@test -n "$(ASSIGNMENT)" || { echo "usage: make feedback ASSIGNMENT=01_registration"; exit 2; }
 	$(BIN)/nbgrader generate_feedback "$(ASSIGNMENT)"
+
+student-kit: $(VENV) ## build build/student-kit/ and build/student-kit.zip: lessons, exercises, the grader, no solutions
+	$(BIN)/python -m grader student-kit
 
 clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache

@@ -286,3 +286,48 @@ class InplaceHook(nn.Module):
 
     def forward(self, x):
         return self.fc2(self.act(self.fc1(x)))
+
+
+class ForwardCalledDirectly(nn.Module):
+    """`self.fc1.forward(x)` computes the same values, but fc1's hooks never run."""
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(IN, HIDDEN)
+        self.fc2 = nn.Linear(HIDDEN, OUT)
+
+    def forward(self, x):
+        return self.fc2(F.relu(self.fc1.forward(x)))
+
+
+class WeightsUsedDirectly(nn.Module):
+    """The layer's weights go through F.linear: same values, but the layer is never called."""
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(IN, HIDDEN)
+        self.fc2 = nn.Linear(HIDDEN, OUT)
+
+    def forward(self, x):
+        return self.fc2(F.relu(F.linear(x, self.fc1.weight, self.fc1.bias)))
+
+
+class TiedByWeight(nn.Module):
+    """Correct: the output layer reuses the embedding's matrix; every layer is called."""
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(OUT, HIDDEN)
+        self.fc = nn.Linear(HIDDEN, HIDDEN)
+
+    def forward(self, tokens):
+        return F.linear(torch.tanh(self.fc(self.embed(tokens))), self.embed.weight)
+
+
+class WithAttention(nn.Module):
+    """Correct: nn.MultiheadAttention uses its out_proj's weights directly, by design."""
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(HIDDEN, 4, batch_first=True)
+        self.fc = nn.Linear(HIDDEN, OUT)
+
+    def forward(self, x):
+        out, _ = self.attn(x, x, x)
+        return self.fc(out)

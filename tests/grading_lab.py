@@ -1,20 +1,30 @@
 """A small real assignment for the grading-defence tests, cut from unit 01's source notebook.
 
 `make_lab_course` writes a course folder whose source notebook holds unit 01's set-up, its first
-answer (the counting functions, 1 point) and its SuperNet part (demo, answer and test, 2 points),
-plus one test of ours (1 point) that calls the student's model outside a check, as unit 02's tests
-do (so that a warning the model raises there reaches the cell's stderr); then it runs the real
-`nbgrader generate_assignment`. The configuration is the repo's own
+answer (the counting functions) and test (1 point), a locked helper (`linear_stack`, as unit 03 keeps
+its EMA helper in a locked cell of its own) and a test that uses it (1 point), its SuperNet part
+(demo, answer and test, 2 points), plus one test of ours (1 point) that calls the student's model
+outside a check, as unit 02's tests do (so that a warning the model raises there reaches the cell's
+stderr); then it runs the real `nbgrader generate_assignment`. The configuration is the repo's own
 nbgrader_config.py ("ours") or the same file with nbgrader's default preprocessors put back
 ("stock"). Students are the generated release, edited cell by cell.
 
-`graded_lab()` grades every student the defence tests read (the attack corpus of tests/attacks/, the
-blank, the reference, a reference that warns, a partly wrong answer) once per test run, under both
-configurations, and renders feedback for three of them: tests/test_attacks.py and
+`graded_lab()` grades every student the defence tests read (the attack corpus of tests/attacks/ and
+its honest cases, the blank, the reference, a reference that warns, a partly wrong answer) once per
+test run, under both configurations, and renders everyone's feedback: tests/test_attacks.py and
 tests/test_feedback.py share it (a lock lets one pytest-xdist worker build it for all).
+
+An attack file's docstring says what it does, then its fields: ``where`` (see `with_attack`),
+``stock`` (what stock nbgrader gives it), and optionally ``answers: reference`` (it starts from the
+reference answers rather than the blank release), ``first_line`` (a cell magic, put before the
+code), ``effect`` (``leak``: it aims at hidden test code in the feedback; ``script``: at running its
+script in formgrader or the feedback; by default at the score) and ``needs: processes`` (an honest
+case that needs the OS sandbox, which lets graded code start processes). Files named ``honest_*``
+are honest, correct answers: full marks, never flagged.
 """
 
 import fcntl
+import html
 import json
 import os
 import re
@@ -23,6 +33,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from html.parser import HTMLParser
 from pathlib import Path
 
 import nbformat
@@ -33,9 +44,24 @@ from conftest import ROOT, nbgrader, tool_env
 ASSIGNMENT = "lab"
 NOTEBOOK = "lab"
 SOURCE = ROOT / "solutions" / "01_registration" / "registration.ipynb"
-CELLS = ("intro", "setup", "counting_goal", "counting_functions", "test_linear_params", "super_goal",
-         "super_broken", "super_demo", "super_task", "super_answer", "test_super_net")
-MAX_SCORE = 4.0
+def _locked(source: str, grade_id: str, points: int = 0):
+    meta = {"grade": bool(points), "grade_id": grade_id, "locked": True, "schema_version": 3, "solution": False,
+            "task": False}
+    return new_code_cell(source, metadata={"nbgrader": {**meta, **({"points": points} if points else {})}})
+
+
+# A helper in a locked cell of its own, used by a later test: it must keep the `nn` it was written against.
+MLP_HELPER = _locked('''def linear_stack(sizes):
+    """The stack of nn.Linear layers between consecutive sizes, which mlp_params(sizes) counts."""
+    return nn.Sequential(*(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:])))''', "mlp_helper")
+MLP_TEST = _locked('''"""Check that mlp_params matches a stack of nn.Linear layers (built by the helper above)."""
+check_counting(mlp_params, linear_stack, [((20, 64, 10),)])
+### BEGIN HIDDEN TESTS
+check_counting(mlp_params, linear_stack, [((784, 256, 10),), ((5, 4, 3, 2),), ((9, 1),)])
+### END HIDDEN TESTS''', "test_mlp_params", points=1)
+CELLS = ("intro", "setup", "counting_goal", "counting_functions", "test_linear_params", MLP_HELPER, MLP_TEST,
+         "super_goal", "super_broken", "super_demo", "super_task", "super_answer", "test_super_net")
+MAX_SCORE = 5.0
 DIRECT_CALL = new_code_cell(
     '''"""Check that SuperNet runs on a batch of another size, called directly."""
 ### BEGIN HIDDEN TESTS
@@ -44,7 +70,15 @@ check_gradient_flow(lambda: SuperNet(3, 5, 2), example=(4, 3))
 ### END HIDDEN TESTS''',
     metadata={"nbgrader": {"grade": True, "grade_id": "test_super_net_direct", "locked": True, "points": 1,
                            "schema_version": 3, "solution": False, "task": False}})
-TIMEOUT = 10  # Execute.timeout for the lab: every cell of the reference takes well under a second
+# Execute.timeout for the lab. The reference's slowest cell, test_super_net, takes about 7 s on a loaded 2-core
+# machine (check_learning's first optimizer step imports torch._dynamo in the kernel); 10 s timed it out.
+TIMEOUT = 30
+# ... except a first torch.compile (the honest cases): nbclient's per-cell limit, which the re-run follows too
+COMPILE_TIMEOUT = """
+def _lab_timeout(cell):
+    return 600 if "torch.compile" in cell.get("source", "") else c.Execute.timeout
+c.Execute.timeout_func = _lab_timeout
+"""
 
 # nbgrader's own defaults, appended to the repo's configuration: stock nbgrader 0.9.6 on the same course.
 STOCK = """
@@ -69,6 +103,14 @@ class Attack:
     where: str
     stock: float
     code: str
+    answers: str = "blank"  # or "reference"
+    first_line: str = ""    # a cell magic (not Python, so it lives in the header): the cell's first line
+    effect: str = "score"   # or "leak" (hidden tests in feedback), "script" (runs in formgrader or feedback)
+    needs: str = ""         # "processes": an honest case that needs the OS sandbox
+
+    @property
+    def honest(self) -> bool:
+        return self.name.startswith("honest_")
 
 
 def load_attack(path: Path) -> Attack:
@@ -76,23 +118,29 @@ def load_attack(path: Path) -> Attack:
     header = re.match(r'"""(.*?)"""', text, re.S).group(1)
     fields = dict(re.findall(r"^(\w+): (.+)$", header, re.M))
     title = " ".join(header.split("\n\n")[0].split())
-    return Attack(path.stem, title, fields["where"], float(fields["stock"]), text)
+    code = text[len(header) + 6:].lstrip("\n")
+    if fields.get("first_line"):
+        code = fields["first_line"] + "\n" + code
+    return Attack(path.stem, title, fields["where"], float(fields["stock"]), code, fields.get("answers", "blank"),
+                  fields.get("first_line", ""), fields.get("effect", "score"), fields.get("needs", ""))
 
 
-ATTACKS = [load_attack(p) for p in sorted(ATTACKS_DIR.glob("*.py"))]
+CORPUS = [load_attack(p) for p in sorted(ATTACKS_DIR.glob("*.py"))]
+ATTACKS = [a for a in CORPUS if not a.honest]
+HONEST = [a for a in CORPUS if a.honest]
 
 
 def lab_source() -> nbformat.NotebookNode:
     notebook = nbformat.read(SOURCE, as_version=4)
     by_id = {c.metadata.get("nbgrader", {}).get("grade_id"): c for c in notebook.cells}
-    notebook.cells = [by_id[name] for name in CELLS] + [DIRECT_CALL]
+    notebook.cells = [by_id[name] if isinstance(name, str) else name for name in CELLS] + [DIRECT_CALL]
     return notebook
 
 
 def make_lab_course(root: Path, config: str = "ours") -> Path:
     """A course folder with the lab assignment generated into its gradebook."""
     root.mkdir(parents=True, exist_ok=True)
-    text = (ROOT / "nbgrader_config.py").read_text() + f"\nc.Execute.timeout = {TIMEOUT}\n"
+    text = (ROOT / "nbgrader_config.py").read_text() + f"\nc.Execute.timeout = {TIMEOUT}\n" + COMPILE_TIMEOUT
     if config == "stock":
         text += STOCK
     (root / "nbgrader_config.py").write_text(text)
@@ -126,7 +174,8 @@ def with_attack(root: Path, where: str, code: str, answers: dict[str, str] | Non
     """The release (or these answers) with attack code where a student can put it.
 
     `where`: "added first" / "added last" (a new cell), "answer ID" (appended to that answer cell),
-    "replace ID" (the answer cell's whole source), or "nowhere" (just the answers).
+    "prepend ID" (put before that answer cell's source: a cell magic), "replace ID" (the answer cell's
+    whole source), or "nowhere" (just the answers).
     """
     notebook = release(root)
     for grade_id, source in (answers or {}).items():
@@ -140,6 +189,9 @@ def with_attack(root: Path, where: str, code: str, answers: dict[str, str] | Non
     elif place == "answer":
         cell = answer_cell(notebook, target)
         cell.source = cell.source + "\n\n" + code
+    elif place == "prepend":
+        cell = answer_cell(notebook, target)
+        cell.source = code.rstrip("\n") + "\n" + cell.source
     elif place == "replace":
         answer_cell(notebook, target).source = code
     else:
@@ -255,12 +307,13 @@ def _grade_lab(root: Path) -> dict:
         submit(course, "reference", with_attack(course, "nowhere", "", answers))
         submit(course, "reference_warns", with_attack(course, "nowhere", "", warning_answers(answers)))
         submit(course, "partly_wrong", with_attack(course, "nowhere", "", PARTLY_WRONG))
-        for attack in ATTACKS:
-            submit(course, attack.name, with_attack(course, attack.where, attack.code))
+        for attack in CORPUS:
+            start = answers if attack.answers == "reference" else None
+            submit(course, attack.name, with_attack(course, attack.where, attack.code, start))
     seconds = autograde_all(list(courses.values()), parallel=(courses["ours"],))
-    time.sleep(5)  # the detached process of 17_daemon writes 3 s after its kernel is gone
+    time.sleep(5)  # the detached processes of 17_daemon and 31_fork_server write 3 s after their kernel is gone
     for course in courses.values():
-        nbgrader("generate_feedback", ASSIGNMENT, "--force", "--student=[pr]*", cwd=course)
+        nbgrader("generate_feedback", ASSIGNMENT, "--force", cwd=course)
     return {"courses": {config: str(course) for config, course in courses.items()},
             "seconds": {config: seconds[course] for config, course in courses.items()},
             "logs": {config: (course / "autograde.log").read_text() for config, course in courses.items()}}
@@ -268,3 +321,71 @@ def _grade_lab(root: Path) -> dict:
 
 def feedback_html(course: Path, student: str) -> str:
     return (course / "feedback" / student / ASSIGNMENT / f"{NOTEBOOK}.html").read_text()
+
+
+def autograded(course: Path, student: str) -> nbformat.NotebookNode:
+    return nbformat.read(course / "autograded" / student / ASSIGNMENT / f"{NOTEBOOK}.ipynb", as_version=4)
+
+
+def formgrader_html(course: Path, student: str) -> str:
+    """The autograded notebook as formgrader renders it for the instructor (nbgrader's formgrade template)."""
+    from nbconvert.exporters import HTMLExporter
+    from nbgrader.server_extensions.formgrader import handlers
+
+    exporter = HTMLExporter(template_name="formgrade", extra_template_basedirs=[handlers.template_path])
+    resources = {"assignment_id": ASSIGNMENT, "notebook_id": NOTEBOOK, "submission_id": "s", "index": 0, "total": 1,
+                 "base_url": "", "student": student, "last_name": None, "first_name": None, "notebook_path": ""}
+    html, _ = exporter.from_filename(str(course / "autograded" / student / ASSIGNMENT / f"{NOTEBOOK}.ipynb"),
+                                     resources=resources)
+    return html
+
+
+def runs_script(page: str, marker: str) -> bool:
+    """Does the page hold `marker` where a browser would run it: in a script element or an on* attribute,
+    or in a javascript: URL?"""
+    scripts = re.findall(r"<script\b[^>]*>(.*?)</script>", page, re.S | re.I)
+    handlers = re.findall(r"\son[a-z]+\s*=\s*(\"[^\"]*\"|'[^']*'|[^\s>]+)", page, re.I)
+    urls = re.findall(r"(?:href|src)\s*=\s*[\"']?\s*javascript:([^\"'>]*)", page, re.I)
+    return any(marker in text for text in scripts + handlers + urls)
+
+
+def allows_processes(course: Path) -> bool:
+    """Does the course's configuration let graded code start processes, in the kernel and in the re-run? By default,
+    when the OS sandbox holds them (as `rerun.processes_allowed` decides, in the environment the tests grade with)."""
+    from traitlets.config.loader import PyFileConfigLoader
+
+    from grader.grading.rerun import processes_allowed
+
+    config = PyFileConfigLoader("nbgrader_config.py", path=str(course)).load_config()
+    return all(processes_allowed(config[name].get("allow_processes")) for name in ("RerunTests", "GuardedExecute"))
+
+
+class _Text(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.parts: list[str] = []
+
+    def handle_data(self, data):
+        self.parts.append(data)
+
+
+def text_of(page: str) -> str:
+    """The text a reader sees on an HTML page."""
+    parser = _Text()
+    parser.feed(page)
+    return html.unescape("".join(parser.parts))
+
+
+def hidden_lines(notebook) -> list[str]:
+    """Non-blank lines between BEGIN and END HIDDEN TESTS, stripped."""
+    found = []
+    for cell in notebook.cells:
+        inside = False
+        for line in cell.source.splitlines():
+            if "BEGIN HIDDEN TESTS" in line:
+                inside = True
+            elif "END HIDDEN TESTS" in line:
+                inside = False
+            elif inside and line.strip():
+                found.append(line.strip())
+    return found

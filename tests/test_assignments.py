@@ -36,11 +36,12 @@ def _comparable(path):
 def test_exercises_match_what_generate_assignment_makes(course, assignment):
     generated = sorted(p.name for p in (course / "exercises" / assignment).glob("*.ipynb"))
     committed = sorted(p.name for p in (ROOT / "exercises" / assignment).glob("*.ipynb"))
-    assert committed == generated, "exercises/ has other notebooks than solutions/: run `make exercises`"
+    regenerate = f"make exercises ASSIGNMENT={assignment} FORCE=1"
+    assert committed == generated, f"exercises/ has other notebooks than solutions/: run `{regenerate}`"
     for name in generated:
         assert _comparable(ROOT / "exercises" / assignment / name) == \
             _comparable(course / "exercises" / assignment / name), \
-            f"exercises/{assignment}/{name} drifted from solutions/: run `make exercises`, never edit it by hand"
+            f"exercises/{assignment}/{name} drifted from solutions/: run `{regenerate}`, never edit it by hand"
 
 
 @pytest.fixture(scope="module")

@@ -7,14 +7,20 @@ per configuration grades every attack as a student of the lab assignment (tests/
 defaults put back); "ours" is `python -m grader autograde`, the parallel autograder instructors are
 told to use (warm forked kernels), with the repo's nbgrader_config.py (tests/test_autograde.py shows
 it grades exactly as plain `nbgrader autograde` with that configuration). Every attack must earn
-what the blank earns (0) under ours; under stock it earns what its file says, which is the comparison table of
-docs/grading-security.md (a test keeps the two equal).
+what the blank earns (0) under ours, and be flagged where stock gave it points; under stock it earns
+what its file says, which is the comparison table of docs/grading-security.md (a test keeps the two
+equal). Attacks on what people see rather than on the score say so (``effect``): hidden test code in
+the feedback, a script that runs in formgrader or in the feedback; ours must show neither.
+
+The honest cases (``honest_*``) are correct answers written in ways the defences once mistook for
+attacks (%%time, %%capture, torch.compile, a temporary checkpoint, DataLoader workers): full marks
+and no flag under both. Those that start processes need the OS sandbox, which lets graded code do
+so (``needs: processes``); without it they must fail under ours, and the test says so (strict xfail).
 
 The same run grades the reference (full marks in both) and a correct answer whose model makes torch
 raise a UserWarning when it is built. Inside a check the warning is captured (grader.checks.report.quiet);
 the lab's last test builds the model outside any check, so the warning reaches the cell's stderr,
-which stock nbgrader scores as 0. Ours keeps the points of a test that passed in the kernel and in
-the re-run.
+which stock nbgrader scores as 0. Ours scores the re-run's verdict, which a warning does not change.
 """
 
 import nbformat
@@ -22,7 +28,7 @@ import pytest
 
 import grading_lab as lab
 from conftest import ASSIGNMENTS, ROOT
-from grading_lab import ATTACKS
+from grading_lab import ATTACKS, HONEST
 
 pytestmark = pytest.mark.notebooks
 slow = pytest.mark.slow
@@ -33,10 +39,23 @@ TABLE_START, TABLE_END = "<!-- attack table: start -->", "<!-- attack table: end
 
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
-    """{"stock": {student: (score, flagged)}, "ours": {...}}, and the seconds and logs of each run."""
+    """{"stock": {student: (score, flagged)}, "ours": {...}}, the courses, and the seconds and logs of each run."""
     lab_run = lab.graded_lab(tmp_path_factory)
     results = {config: lab.scores(course) for config, course in lab_run["courses"].items()}
-    return {**results, "seconds": lab_run["seconds"], "logs": lab_run["logs"]}
+    return {**results, "courses": lab_run["courses"], "seconds": lab_run["seconds"], "logs": lab_run["logs"]}
+
+
+def effect_seen(course, attack) -> bool:
+    """Did the attack get what it aims at, beyond the score: hidden test code in its feedback, its script where a
+    browser runs it (formgrader's view of the autograded notebook, or the feedback page)?"""
+    feedback = lab.feedback_html(course, attack.name)
+    if attack.effect == "leak":
+        page = lab.text_of(feedback)
+        return any(line in page or line in feedback for line in lab.hidden_lines(lab.lab_source()))
+    if attack.effect == "script":
+        return any(lab.runs_script(page, "grader-xss-marker") for page in (lab.formgrader_html(course, attack.name),
+                                                                           feedback))
+    return False
 
 
 def test_the_corpus_is_varied():
@@ -72,17 +91,53 @@ def test_attacks_that_beat_stock_are_flagged_by_ours(graded):
 
 
 @slow
+@pytest.mark.parametrize("attack", [a for a in ATTACKS if a.effect != "score"], ids=lambda a: a.name)
+def test_attacks_on_what_people_see_work_on_stock_only(graded, attack):
+    """Hidden tests in the feedback, a script in formgrader: stock shows them (the attack is real), ours does not."""
+    assert effect_seen(graded["courses"]["stock"], attack), f"{attack.name} does nothing even to stock nbgrader"
+    assert not effect_seen(graded["courses"]["ours"], attack)
+
+
+@slow
+@pytest.mark.parametrize("config", ["stock", "ours"])
+@pytest.mark.parametrize("case", HONEST, ids=lambda a: a.name)
+def test_honest_case_keeps_full_marks_unflagged(graded, request, case, config):
+    if config == "ours" and case.needs == "processes" and not lab.allows_processes(graded["courses"]["ours"]):
+        request.applymarker(pytest.mark.xfail(strict=True, reason="it starts processes, which only the OS sandbox "
+                                                                 "lets graded code do; the sandbox is off"))
+    assert graded[config][case.name] == (lab.MAX_SCORE, False), graded["logs"][config][-4000:]
+
+
+@slow
+def test_nbgrader_export_reads_the_scores(graded, tmp_path):
+    """The gradebook stays nbgrader's: `nbgrader export` lists what the re-run's verdicts scored."""
+    import csv
+
+    from conftest import nbgrader
+
+    course = lab.copy_course(graded["courses"]["ours"], tmp_path / "course")
+    nbgrader("export", "--to", str(tmp_path / "grades.csv"), cwd=course)
+    rows = {row["student_id"]: float(row["score"]) for row in csv.DictReader((tmp_path / "grades.csv").open())}
+    assert rows["reference"] == lab.MAX_SCORE and rows["01_input_transformer"] == rows["blank"] == 0
+
+
+@slow
 def test_torch_warnings_never_zero_a_correct_answer(graded):
     assert graded["ours"]["reference_warns"] == (lab.MAX_SCORE, False)
     # stock nbgrader scores the direct-call test (1 point), whose stderr got the warning, as 0
     assert graded["stock"]["reference_warns"][0] == lab.MAX_SCORE - 1
 
 
+EFFECTS = {"leak": ("; hidden tests in the feedback", "; none in the feedback"),
+           "script": ("; its script runs in formgrader", "; no script left")}
+
+
 def markdown_table() -> str:
     rows = ["| Attack | Where | Stock nbgrader 0.9.6 | Ours |", "| --- | --- | --- | --- |"]
     for attack in ATTACKS:
         stock = f"{attack.stock:g} / {lab.MAX_SCORE:g}" + (" (full marks)" if attack.stock == lab.MAX_SCORE else "")
-        rows.append(f"| `{attack.name}`: {attack.title} | {attack.where} | {stock} | 0 / {lab.MAX_SCORE:g} |")
+        seen, gone = EFFECTS.get(attack.effect, ("", ""))
+        rows.append(f"| `{attack.name}`: {attack.title} | {attack.where} | {stock}{seen} | 0 / {lab.MAX_SCORE:g}{gone} |")
     return "\n".join(rows)
 
 

@@ -198,6 +198,14 @@ def _validate(page) -> str:
     return dialog.get_attribute("class"), dialog.inner_text()
 
 
+def _assert_short(outputs: list[str]) -> None:
+    """What a failed check shows in the page: at most 10 lines, and no traceback, grader or torch frame."""
+    lines = "\n".join(outputs).strip().splitlines()
+    assert len(lines) <= 10, f"{len(lines)} lines:\n" + "\n".join(lines)
+    assert not any(marker in line for line in lines for marker in ("Traceback", "File \"", "grader/", "site-packages",
+                                                                   "During handling")), lines
+
+
 def test_lesson_runs_without_errors(lab, page):
     base, course = lab
     _open_notebook(page, base, LESSON)
@@ -229,6 +237,18 @@ def test_exercise_from_stub_to_verdict_and_validate(lab, page):
     page.shot("2-stub-hint")
     failure = check.locator(".jp-OutputArea-output").all_inner_texts()
     assert any("Hint:" in text or "replace this line" in text for text in failure), failure
+    _assert_short(failure)
+
+    # A wrong answer (the bias forgotten): the diagnosis alone, in at most 10 lines, no traceback.
+    _replace_source(page, where["counting_functions"], reference["counting_functions"]
+                    + "\n\ndef linear_params(in_features, out_features):\n    return in_features * out_features\n")
+    _run_cell(page, where["counting_functions"])
+    check = _run_cell(page, where["test_linear_params"])
+    _scroll_to_end(check)
+    page.shot("2b-wrong-answer")
+    failure = check.locator(".jp-OutputArea-output").all_inner_texts()
+    assert any(text.startswith("✗ counting trainable parameters") for text in failure), failure
+    _assert_short(failure)
 
     # nbgrader's Validate on the blank notebook fails.
     _save(page, course, EXERCISE)

@@ -70,6 +70,10 @@ REJECTIONS = [
      ["672 parameters are frozen (requires_grad=False): `fc1.weight`, `fc1.bias`"]),
     (bm.SharedWhereTwoMeant, lambda m: check_trainable_count(m, expected=bm.linear_count(bm.IN, bm.HIDDEN, bm.HIDDEN, bm.HIDDEN, bm.OUT)),
      ["`mid1` and `mid2` are one shared module", "counts its parameters once"]),
+    (bm.ForwardCalledDirectly, GRAD, ["`fc1` (nn.Linear): its parameters are in the output's graph, but `fc1(...)` "
+                                      "was never called", "not `self.layer.forward(x)`"]),
+    (bm.ForwardCalledDirectly, LEARN, ["its hooks never ran"]),
+    (bm.WeightsUsedDirectly, GRAD, ["`fc1` (nn.Linear)", "F.linear(x, self.layer.weight"]),
     (bm.GoodMLP, lambda m: check_trainable_count(m, expected=bm.GOOD_COUNT + 1), ["too few"]),
     (bm.GoodMLP, lambda m: check_trainable_count(m, expected=bm.GOOD_COUNT - 1), ["too many"]),
 ]
@@ -257,3 +261,60 @@ def test_dropout_does_not_break_agreement_across_devices_with_other_random_strea
 
     with pytest.raises(CheckFailed, match="differ from cpu"):
         check_gradient_flow(DeviceDependent, bm.EXAMPLE)
+
+
+@pytest.mark.parametrize("model, example", [(bm.TiedByWeight, lambda device: torch.arange(6, device=device)),
+                                            (bm.WithAttention, (2, 5, bm.HIDDEN))], ids=["tied", "attention"])
+def test_layers_used_through_their_weights_by_design_are_not_flagged(model, example, capsys):
+    """Weight tying (the embedding is also called) and torch's own modules (MultiheadAttention's out_proj) pass."""
+    check_gradient_flow(model, example)
+    assert capsys.readouterr().out.startswith("✓ gradient flow")
+
+
+def test_a_crash_inside_a_check_is_the_graders_error_not_a_verdict(monkeypatch):
+    """An exception raised in the grader's own code is a GraderError naming the check, never a CheckFailed."""
+    from grader.checks import models
+    from grader.checks.report import GraderError
+
+    monkeypatch.setattr(models, "find_hidden", {}.__getitem__)  # a lookup that fails inside the grader's own code
+    with pytest.raises(GraderError) as failure:
+        check_trainable_count(bm.GoodMLP)
+    message = str(failure.value)
+    assert message.startswith("⚠ grader error in `check_trainable_count`: KeyError: GoodMLP(")
+    assert "not in your code" in message
+    assert not isinstance(failure.value, CheckFailed)
+
+
+def test_an_unexpected_error_in_the_students_code_names_their_line():
+    """An error the check did not anticipate, raised in the student's code, is the student's, with its line."""
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(bm.IN, bm.OUT)
+
+        def named_parameters(self, *args, **kwargs):
+            raise LookupError("no names today")
+
+    with pytest.raises(CheckFailed) as failure:
+        check_trainable_count(Odd)
+    assert "LookupError: no names today (in `named_parameters`, line " in str(failure.value)
+
+
+def test_a_subclass_of_a_torch_batchnorm_is_checked_not_crashed(capsys):
+    class MyBatchNorm1d(nn.BatchNorm1d):
+        pass
+
+    check_eval_behaviour(lambda: MyBatchNorm1d(6), (5, 6))
+    assert capsys.readouterr().out.startswith("✓ eval behaviour")
+
+
+def test_a_failure_shows_at_most_ten_lines_in_a_notebook():
+    """IPython shows `_render_traceback_` instead of the traceback: the diagnosis alone, at most 10 lines."""
+    with pytest.raises(CheckFailed) as failure:
+        check_trainable_count(lambda: bm.GoodMLP(), expected=1)
+    shown = failure.value._render_traceback_()
+    assert shown[0].startswith("✗ trainable parameters")
+    assert len(shown) <= 10 and not any("Traceback" in line or "File " in line for line in shown)
+    long = CheckFailed("\n".join(["✗ title: problem"] + [f"  - detail {i}" for i in range(30)] + ["Hint: look here"]))
+    shown = long._render_traceback_()
+    assert len(shown) == 10 and shown[-1] == "Hint: look here" and "... and 23 more" in shown[-2]

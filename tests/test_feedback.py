@@ -8,42 +8,28 @@ Stock nbgrader's feedback for the same submission is the control: it shows the h
 (nbgrader issue #917).
 """
 
-import html
 import re
-from html.parser import HTMLParser
 
 import nbformat
 import pytest
 
 import grading_lab as lab
 from grader.grading.feedback import HIDDEN_NOTE
+from grading_lab import hidden_lines, text_of
 
 pytestmark = pytest.mark.notebooks
 
 FAILED = {  # test cell -> fragments its feedback must show (what failed, why, the hint)
     "test_linear_params": ["✗ counting trainable parameters", "linear_params(20, 64) returned 1280",
                            "has 1,344 trainable parameters", "Hint: count each tensor's elements"],
+    "test_mlp_params": ["✗ counting trainable parameters", "mlp_params((20, 64, 10)) returned 1920",
+                        "has 1,994 trainable parameters"],
     "test_super_net": ["✗ trainable parameters", "cannot assign module before Module.__init__() call", "Hint:",
                        "super().__init__()"],
     "test_super_net_direct": ["✗ your model could not be built",
                               "AttributeError: cannot assign module before Module.__init__() call",
                               "Hint: your __init__ must call super().__init__() before it assigns layers"],
 }
-
-
-class _Text(HTMLParser):
-    def __init__(self):
-        super().__init__()
-        self.parts: list[str] = []
-
-    def handle_data(self, data):
-        self.parts.append(data)
-
-
-def text_of(page: str) -> str:
-    parser = _Text()
-    parser.feed(page)
-    return html.unescape("".join(parser.parts))
 
 
 def docstrings() -> dict[str, str]:
@@ -53,21 +39,6 @@ def docstrings() -> dict[str, str]:
         grade_id = cell.metadata.get("nbgrader", {}).get("grade_id", "")
         if grade_id.startswith("test_"):
             found[grade_id] = re.match(r'"""(.*?)(?:"""|\n)', cell.source).group(1).strip()
-    return found
-
-
-def hidden_lines(notebook) -> list[str]:
-    """Non-blank lines between BEGIN and END HIDDEN TESTS, stripped."""
-    found = []
-    for cell in notebook.cells:
-        inside = False
-        for line in cell.source.splitlines():
-            if "BEGIN HIDDEN TESTS" in line:
-                inside = True
-            elif "END HIDDEN TESTS" in line:
-                inside = False
-            elif inside and line.strip():
-                found.append(line.strip())
     return found
 
 

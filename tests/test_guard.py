@@ -1,4 +1,5 @@
-"""The grading guard's file policy, probed in a child process (an audit hook cannot be removed)."""
+"""The grading guard's policy, probed in a child process (an audit hook cannot be removed): files, relative paths
+and folder descriptors, SQLite, sockets, processes."""
 
 import json
 import subprocess
@@ -7,7 +8,7 @@ import sys
 from conftest import ROOT
 
 PROBE = r'''
-import json, os, sys
+import json, os, socket, sqlite3, sys
 sys.path.insert(0, {grader!r})
 import guard
 
@@ -17,7 +18,22 @@ with open(secret, "w") as f:
 fd = os.open(secret, os.O_RDONLY)
 read_end, write_end = os.pipe()
 guard.install(read_roots=[sys.prefix, sys.base_prefix, "/usr", "/proc", {readable!r}],
-              write_roots=[{writable!r}], deny_roots=[{denied!r}])
+              write_roots=[{writable!r}], deny_roots=[{denied!r}], processes={processes!r})
+
+
+def unix_socket(action, path):
+    with socket.socket(socket.AF_UNIX) as s:
+        getattr(s, action)(path)
+
+
+def tcp_connect():
+    with socket.socket() as s:
+        s.settimeout(1)
+        try:
+            s.connect(("127.0.0.1", 9))
+        except (ConnectionError, OSError) as error:
+            if isinstance(error, PermissionError):
+                raise
 
 
 def outcome(action):
@@ -40,19 +56,32 @@ print(json.dumps({{
     "read /proc/self/status": outcome(lambda: open("/proc/self/status").read()),
     "start a process": outcome(lambda: os.system("true")),
     "make a symbolic link": outcome(lambda: os.symlink(secret, os.path.join({writable!r}, "link"))),
+    "climb with a relative path": outcome(lambda: open(os.path.join("readable", "..", "readable", "notes.txt"))),
+    "read with a relative path": outcome(lambda: open(os.path.join("readable", "notes.txt")).read()),
+    "open a readable folder as a descriptor": outcome(lambda: os.close(os.open({readable!r}, os.O_RDONLY))),
+    "open a writable folder as a descriptor": outcome(lambda: os.close(os.open({writable!r}, os.O_RDONLY))),
+    "open an in-memory database": outcome(lambda: sqlite3.connect(":memory:")),
+    "connect to a socket outside the writable folder": outcome(lambda: unix_socket("connect", os.path.join({readable!r}, "s"))),
+    "bind a socket in the writable folder": outcome(lambda: unix_socket("bind", os.path.join({writable!r}, "s"))),
+    "connect over TCP": outcome(tcp_connect),
 }}))
 '''
 
 
-def test_file_policy(tmp_path):
+def probe(tmp_path, processes=False) -> dict:
     folders = {name: tmp_path / name for name in ("readable", "writable", "denied")}
     for folder in folders.values():
         folder.mkdir()
     (folders["readable"] / "notes.txt").write_text("notes")
-    code = PROBE.format(grader=str(ROOT / "grader" / "grading"), **{k: str(v) for k, v in folders.items()})
+    code = PROBE.format(grader=str(ROOT / "grader" / "grading"), processes=processes,
+                        **{k: str(v) for k, v in folders.items()})
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {
+    return json.loads(done.stdout)
+
+
+def test_policy(tmp_path):
+    assert probe(tmp_path) == {
         "read a readable file": "allowed",
         "write a writable file": "allowed",
         "write a readable file": "refused",
@@ -64,4 +93,21 @@ def test_file_policy(tmp_path):
         "read /proc/self/status": "allowed",
         "start a process": "refused",
         "make a symbolic link": "refused",
+        # the "open" audit event does not name the dir_fd a relative path is relative to
+        "climb with a relative path": "refused",
+        "read with a relative path": "allowed",
+        "open a readable folder as a descriptor": "refused",
+        "open a writable folder as a descriptor": "allowed",
+        # an in-memory database can ATTACH any file, with no audit event of its own
+        "open an in-memory database": "refused",
+        "connect to a socket outside the writable folder": "refused",
+        "bind a socket in the writable folder": "allowed",
+        "connect over TCP": "refused",
     }
+
+
+def test_processes_are_allowed_only_when_asked(tmp_path):
+    """Inside the OS sandbox (which then holds them), graded code may start processes; the rest stays."""
+    found = probe(tmp_path, processes=True)
+    assert found["start a process"] == "allowed"
+    assert found["read a denied file"] == found["open an in-memory database"] == found["connect over TCP"] == "refused"

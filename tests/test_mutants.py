@@ -32,10 +32,6 @@ EQUIVALENT = {
         "the probe only reads outputs: with or without a graph, the same modules are found",
     ("03_parameters_buffers", "ema_answer", "insert .detach()", "self.get_buffer("):
         "a buffer does not require grad; detach() shares its storage, so in-place updates still land",
-    ("06_call_and_export", "pipeline_answer", "comparison -> is", "new is not None"):
-        "dead code: after a failed forward the always-called hooks' results are dropped by the `raise`",
-    ("06_call_and_export", "pipeline_answer", "assignment deleted", "result = new"):
-        "the same dead code, in the branch that re-raises",
     ("06_call_and_export", "export_answer", "True <-> False", "True"):
         "keepdim=False: the (out,) mean broadcasts over the batch exactly as the (1, out) one",
     ("07_debugging_clinic", "p5_answer", "off by one", "10"):

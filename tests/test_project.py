@@ -44,3 +44,30 @@ def test_grader_package_holds_no_solution_markers():
     for source in (ROOT / "grader").rglob("*.py"):
         text = source.read_text()
         assert "BEGIN SOLUTION" not in text and "HIDDEN TESTS" not in text, source
+
+
+def test_the_github_workflow_runs_the_makefile_on_cpu_and_gpu():
+    """CI where courses are hosted calls the same make targets: `make test` on CPU, `make test-cuda` on a GPU runner."""
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())
+    jobs = workflow["jobs"]
+    assert set(jobs) == {"cpu", "gpu"}
+    commands = {name: [step.get("run", "") for step in job["steps"]] for name, job in jobs.items()}
+    assert "make test" in commands["cpu"], commands["cpu"]
+    assert "make test-cuda" in commands["gpu"], commands["gpu"]
+    assert "self-hosted" in jobs["gpu"]["runs-on"] and "gpu" in jobs["gpu"]["runs-on"]
+    packages = " ".join(commands["cpu"])
+    for needed in ("chromium", "bubblewrap", "postgresql", "python3.11"):
+        assert needed in packages, f"the CPU job does not install {needed}"
+    assert "download.pytorch.org/whl/cpu" in jobs["cpu"]["env"]["PIP_EXTRA_INDEX_URL"]
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^test:", makefile, re.M) and re.search(r"^test-cuda:", makefile, re.M)
+
+
+def test_make_help_lists_every_target():
+    makefile = (ROOT / "Makefile").read_text()
+    import subprocess
+
+    listed = subprocess.run(["make", "help"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    targets = re.findall(r"^([$()A-Za-z.-]+):.*## ", makefile, re.M)
+    shown = re.findall(r"^  make (\S+)", listed, re.M)
+    assert shown == [t.replace("$(VENV)", ".venv") for t in targets] and ".venv" in shown

@@ -153,9 +153,9 @@ def test_grader_package_is_python_source_only():
     assert not stray, f"the grader package, which students install, must hold only code: {stray}"
 
 
-# Known and reported: the grader's diagnosis of hidden tensors (grader/checks/diagnose.find_hidden) walks the
-# model exactly as unit 01's Part D (find_unregistered) asks students to. Strict: once fixed, this fails.
-KNOWN_LEAKS = {"01_registration": "grader/checks/diagnose.find_hidden is the algorithm of unit 01 Part D (find_unregistered)"}
+# Leaks known and reported, each a strict xfail naming it (so the test turns red the day it is fixed). None now:
+# unit 01's Part D asks for containers at any depth, which the grader's one-level find_hidden does not reach.
+KNOWN_LEAKS: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("assignment", [
@@ -171,12 +171,15 @@ def test_grader_package_holds_no_solution_and_no_hidden_value(assignment):
     assert not values, f"grader/ contains values of {assignment}'s hidden tests: {values}"
 
 
-def test_the_leak_check_finds_a_planted_solution(monkeypatch):
-    """The check can fail: a grader that quoted unit 01's linear_params solution would be caught."""
-    planted = grader_source() + "\ndef linear_params(in_features, out_features):\nreturn out_features * in_features + out_features"
-    monkeypatch.setitem(globals(), "grader_source", lambda: planted)
+def test_the_leak_check_finds_a_planted_solution():
+    """The check can fail: a grader that quoted two lines of unit 01's find_unregistered would be caught (by the
+    planted lines themselves: the real grader source holds no window)."""
+    real = grader_source()
+    planted = real + ("\ninternals = set(vars(nn.Module()))"
+                      "\nregistered = {id(x) for x in [*model.modules(), *model.parameters(), *model.buffers()]}")
     windows = solution_windows("01_registration")
     assert any(w in planted for w in windows)
+    assert not any(w in real for w in windows)
 
 
 def test_grader_package_has_no_markers():

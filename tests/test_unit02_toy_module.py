@@ -47,10 +47,10 @@ def test_reference_passes_every_graded_cell_visible_and_hidden(nb, capsys):
         run_cells(NOTEBOOK, cell, namespace=nb)
     out, err = capsys.readouterr()
     assert err == "" and "✗" not in out
-    assert out.count("✓") == 55  # 8 + 5 + 10 + 5 + 12 + 5 verdicts for the stages, 10 for the fixed models
+    assert out.count("✓") == 70  # 9 + 6 + 12 + 6 + 15 + 6 verdicts for the stages, 16 for the fixed models
 
 
-@pytest.mark.parametrize("tree", ["small_net", "tied_net", "deep_net", "shared_net", "lone_scale"])
+@pytest.mark.parametrize("tree", ["small_net", "tied_net", "deep_net", "shared_net", "tied_weights", "lone_scale"])
 def test_reference_mirrors_torch_on_every_aspect(nb, tree, capsys):
     check_mirrors_torch(*nb["mirrored"](nb[tree]))
     check_unknown_attribute(lambda: nb[tree](nb["ToyModule"]))
@@ -67,7 +67,7 @@ def test_a_student_who_finished_some_stages_gets_exactly_those_points(nb, done):
         if stage > done:
             setattr(namespace["ToyModule"], name, stub(name))
     run_cells(NOTEBOOK, *DEFINITIONS[2:], namespace=namespace)
-    for name in ("deep_net", "shared_net", "lone_scale"):  # the hidden trees
+    for name in ("deep_net", "shared_net", "tied_weights", "lone_scale"):  # the hidden trees
         namespace[name] = nb[name]
     for cell, stage in GRADED.items():
         if stage <= done:
@@ -117,6 +117,12 @@ def _no_dedupe(self, prefix=""):
     yield prefix, self
     for name, child in self._modules.items():
         yield from _no_dedupe(child, f"{prefix}.{name}" if prefix else name)
+
+
+def _modules_deduplicated_only(self):
+    for prefix, module in self.named_modules():
+        for name, p in module._parameters.items():
+            yield (f"{prefix}.{name}" if prefix else name), p
 
 
 def _leading_dot(self):
@@ -246,6 +252,9 @@ MISTAKES = [
      ["torch has 'stack.first', yours does not", "recurse into every child, and into the children's children"]),
     ("shared module twice", {"named_modules": _no_dedupe}, "tied_net", "names",
      ["named_modules() yields one object twice, as 'encoder' and as 'decoder'", "once, under the first name"]),
+    ("tied parameter twice", {"named_parameters": _modules_deduplicated_only}, "tied_weights", "names",
+     ["named_parameters() yields one object twice, as 'embed.fc.weight' and as 'head.fc.weight'",
+      "remember the ids of what you have yielded"]),
     ("leading dot", {"named_parameters": _leading_dot}, "small_net", "names",
      ["yours has '.temperature', torch does not", "the root's prefix is ''"]),
     ("state_dict without buffers", {"state_dict": _parameters_only}, "small_net", "state_dict",
@@ -291,6 +300,25 @@ MISTAKES = [
      ["after `model.running_loss = tensor`, yours' _buffers['running_loss'] still holds the old buffer",
       "a registered name keeps its slot"]),
 ]
+
+
+def _set_order_load(self, state_dict, strict=True):
+    """Copies the keys in set order, which depends on PYTHONHASHSEED: a tied tensor gets either key's value."""
+    return REFERENCE[0].load_state_dict(self, {key: state_dict[key] for key in set(state_dict)}, strict)
+
+
+def _reversed_load(self, state_dict, strict=True):
+    """Copies the keys last to first: a tied tensor keeps the first key's value, torch keeps the last one's."""
+    return REFERENCE[0].load_state_dict(self, dict(reversed(list(state_dict.items()))), strict)
+
+
+@pytest.mark.parametrize("load", [_set_order_load, _reversed_load], ids=["set order", "reversed"])
+@pytest.mark.parametrize("tree", ["tied_net", "tied_weights"])
+def test_load_state_dict_may_copy_tied_keys_in_any_order(nb, load, tree, capsys):
+    """A checkpoint of a tied model holds the same values under both keys: the order of the copies cannot matter."""
+    right = type("ToyModule", (nb["ToyModule"],), {"load_state_dict": load})
+    check_mirrors_torch(lambda: nb[tree](right), lambda: nb[tree](nn.Module), "load_state_dict")
+    assert "✓ stage 3, load_state_dict" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("label, overrides, tree, aspect, fragments", MISTAKES, ids=[m[0] for m in MISTAKES])
@@ -341,7 +369,7 @@ def _recursive(self, name):
     (_returns_none, ["`model.no_such_attribute` returned None; torch raises AttributeError: "
                      "'Net' object has no attribute 'no_such_attribute'", "passes silently as None",
                      "instead of returning None"]),
-    (_raises_keyerror, ["raised KeyError: 'no_such_attribute'; torch raises AttributeError",
+    (_raises_keyerror, ["raised KeyError: 'no_such_attribute' (in `_raises_keyerror`, line ", "; torch raises AttributeError",
                         "hasattr() and getattr(obj, name, default) rely on it"]),
     (_nameless_error, ["raised AttributeError('not found'), which does not name `no_such_attribute`"]),
 ], ids=["returns None", "KeyError", "nameless"])
@@ -463,3 +491,98 @@ def test_unfinished_fixes_are_named_by_class(nb):
     rejected(lambda: check_mirrors_torch(lambda: namespace["FixedToyScaler"](2), lambda: namespace["TorchScaler"](2),
                                          "names"),
              "`FixedToyScaler.__init__` still raises the stub's NotImplementedError")
+
+
+# --- Part G: what the fixed models compute ------------------------------------------------------------------
+
+def _forward_variant(nb, forward):
+    return type("FixedToyListModel", (nb["FixedToyListModel"],), {"forward": forward})
+
+
+def _relu_everywhere(self, x):
+    for layer in self.layers:
+        x = torch.relu(layer(x))
+    return x
+
+
+def _detached_hidden(self, x):
+    for layer in self.layers[:-1]:
+        x = torch.relu(layer(x)).detach()
+    return self.layers[-1](x)
+
+
+def _skips_a_layer(self, x):
+    return self.layers[-1](x) if x.shape[-1] == self.layers[-1].weight.shape[1] else self.layers[0](x)
+
+
+@pytest.mark.parametrize("forward, fragments", [
+    (_relu_everywhere, ["your model's output differs from torch's", "largest gap", "compare your forward"]),
+    (_detached_hidden, ["your outputs match, but no gradient reaches the input", "through autograd"]),
+], ids=["relu on the output", "detached"])
+def test_fixed_list_model_that_computes_something_else_is_rejected(nb, forward, fragments):
+    wrong = _forward_variant(nb, forward)
+    rejected(lambda: check_mirrors_torch(lambda: wrong([4, 8, 2]), lambda: nb["TorchListModel"]([4, 8, 2]), "forward",
+                                         example=(3, 4)), *fragments)
+
+
+def test_forward_aspect_compares_the_counter_and_the_sizes(nb):
+    class CountsTwice(nb["FixedToyScaler"]):
+        def forward(self, x):
+            self.calls += 2
+            return x * self.weight
+
+    rejected(lambda: check_mirrors_torch(lambda: CountsTwice(3), lambda: nb["TorchScaler"](3), "forward",
+                                         example=(2, 3)), "buffer `calls` holds 2 in yours, 1 in torch")
+
+    class Narrow(nb["ToyModule"]):
+        def __init__(self, n):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(1))
+            self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+
+        def forward(self, x):
+            return x * self.weight
+
+    rejected(lambda: check_mirrors_torch(lambda: Narrow(3), lambda: nb["TorchScaler"](3), "forward", example=(2, 3)),
+             "`model.weight` has shape [1] in yours, [3] in torch")
+    rejected(lambda: check_mirrors_torch(lambda: Narrow(3), lambda: nb["TorchScaler"](3), "registration"),
+             "the root's _parameters['weight'] is a float32 tensor of shape [1] in yours, a float32 tensor of shape [3] "
+             "in torch", "the same sizes")
+
+
+def test_forward_aspect_needs_an_example(nb):
+    with pytest.raises(ValueError, match="example"):
+        check_mirrors_torch(lambda: nb["FixedToyScaler"](3), lambda: nb["TorchScaler"](3), "forward")
+
+
+@pytest.mark.parametrize("registers, fragments", [
+    ("self.items = list(modules)", ["`layers` keeps 2 modules in a plain list at `self.items`", "setattr(self, str(i)"]),
+    ("[setattr(self, f'layer{i}', m) for i, m in enumerate(modules)]",
+     ["`layers` registers its children as ['layer0', 'layer1']; torch's are named ['0', '1']"]),
+], ids=["plain list inside", "other names"])
+def test_toy_module_list_that_does_not_register_like_module_list_is_rejected(nb, registers, fragments):
+    namespace = dict(nb)
+    exec(f"""
+class UnregisteringList(ToyModule):
+    def __init__(self, modules):
+        super().__init__()
+        {registers}
+
+
+class ListModel(ToyModule):
+    def __init__(self, sizes):
+        super().__init__()
+        self.layers = UnregisteringList([ToyLinear(a, b) for a, b in zip(sizes, sizes[1:])])
+""", namespace)
+    rejected(lambda: check_mirrors_torch(lambda: namespace["ListModel"]([4, 8, 2]),
+                                         lambda: nb["TorchListModel"]([4, 8, 2]), "registration"), *fragments)
+
+
+def test_a_torch_reference_that_fails_is_the_graders_error(nb):
+    from grader import GraderError
+
+    def broken_reference():
+        raise RuntimeError("the test's own tree is broken")
+
+    with pytest.raises(GraderError, match="grader error in `check_mirrors_torch"):
+        check_mirrors_torch(lambda: nb["small_net"](nb["ToyModule"]), broken_reference, "names")

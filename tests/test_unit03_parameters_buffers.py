@@ -1,13 +1,15 @@
 """Unit 03: the broken models of the assignment are rejected with the right hint, their fixes pass, and
 check_matches_torch names the usual BatchNorm mistakes."""
 
+import functools
+
 import pytest
 import torch
 from torch import nn
 
 from conftest import rejected, run_cells
-from grader import (check_device_transfer, check_gradient_flow, check_matches_torch, check_roles,
-                    check_tensors, check_trainable_count)
+from grader import (GraderError, check_device_transfer, check_gradient_flow, check_learning,
+                    check_matches_reference, check_matches_torch, check_roles, check_tensors, check_trainable_count)
 
 pytestmark = pytest.mark.device
 
@@ -155,7 +157,38 @@ def test_gradients_cut_from_the_batch_statistics_are_reported(nb):
             return (x - mean) / torch.sqrt(var + self.eps) * self.weight + self.bias
 
     rejected(lambda: check_matches_torch(DetachedStats, nn.BatchNorm1d, 4, example=(6, 4)),
-             "the outputs agree but the gradient of the input differs", "must stay in the autograd graph")
+             "the outputs agree but the gradient of the input differs",
+             "the batch mean and variance you normalise with are cut from the autograd graph")
+
+
+class EpsVariant(VariantBN):
+    """eps misplaced: outside the square root, or left out. With the default eps=1e-5 the outputs stay within
+    tolerance, so only the gradient can tell; the hint must name eps, not a graph cut that is not there."""
+
+    def __init__(self, *args, eps_at="missing", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.eps_at = eps_at
+
+    def forward(self, x):
+        super().forward(x)  # the running statistics, as torch updates them
+        mean, var = (x.mean(0), x.var(0, correction=0)) if self.training else (self.running_mean, self.running_var)
+        scale = torch.sqrt(var) + self.eps if self.eps_at == "outside" else torch.sqrt(var)
+        return (x - mean) / scale * self.weight + self.bias
+
+
+@pytest.mark.parametrize("eps, fragments", [
+    (1e-5, ["the outputs agree but the gradient of the input differs", "largest gap", "eps is missing"]),
+    (1e-3, ["the output differs from torch", "eps is missing: torch divides by sqrt(var + eps)"]),
+])
+def test_a_missing_eps_is_named_not_blamed_on_the_graph(eps, fragments):
+    message = rejected(lambda: check_matches_torch(EpsVariant, nn.BatchNorm1d, 6, eps=eps, example=(8, 6)), *fragments)
+    assert "autograd graph" not in message
+
+
+def test_eps_outside_the_square_root_is_named():
+    build = lambda *args, **kwargs: EpsVariant(*args, eps_at="outside", **kwargs)  # noqa: E731
+    rejected(lambda: check_matches_torch(build, nn.BatchNorm1d, 17, eps=1e-3, example=(32, 17)),
+             "eps goes inside the square root")
 
 
 def test_a_generic_layer_is_compared_too():
@@ -319,3 +352,134 @@ def test_freezing_is_counted(nb, capsys):
     rejected(lambda: check_trainable_count(lambda: net(20, 32, 10).requires_grad_(False), expected=32 * 10 + 10),
              "too few", "frozen (requires_grad=False): `backbone.0.weight`", "`head.weight`")
     assert capsys.readouterr().err == ""
+
+
+def test_freezing_mistakes_are_named(nb):
+    net, expected = nb["TransferNet"], 32 * 10 + 10
+
+    def attribute(model):
+        model.backbone.requires_grad = False  # a plain attribute: freezes nothing
+        return model
+
+    rejected(lambda: check_trainable_count(lambda: attribute(net(20, 32, 10)), expected=expected),
+             "`backbone.requires_grad = False` set a plain attribute on the module, which freezes nothing",
+             "`backbone.requires_grad_(False)`")
+    message = rejected(lambda: check_trainable_count(lambda: _eval_backbone(net(20, 32, 10)), expected=expected),
+                       "`backbone` is in eval mode", "not what trains")
+    assert "`backbone.0`" not in message  # only the outermost module in eval mode is named
+    rejected(lambda: check_trainable_count(lambda: None, expected=expected),
+             "expected an nn.Module, got NoneType", "ends without `return model`")
+
+
+def _eval_backbone(model):
+    model.backbone.eval()
+    return model
+
+
+def test_a_mask_of_any_right_dtype_matches_the_exercise(nb):
+    """The hidden reference compares what the layer computes: a float and a bool mask both pass, a wrong one fails."""
+    def masked_linear(state, x):
+        weight = state["weight"]
+        return nn.functional.linear(x, weight * torch.ones_like(weight).tril(), state["bias"])
+
+    class BoolMask(nb["FixedMaskedLinear"]):
+        def __init__(self, features):
+            super().__init__(features)
+            self.register_buffer("mask", torch.ones(features, features, dtype=torch.bool).tril(), persistent=False)
+
+    class UpperMask(nb["FixedMaskedLinear"]):
+        def __init__(self, features):
+            super().__init__(features)
+            self.register_buffer("mask", torch.ones(features, features).triu(), persistent=False)
+
+    for layer in (nb["FixedMaskedLinear"], BoolMask):
+        check_matches_reference(lambda: layer(5), masked_linear, (3, 5))
+        check_roles(lambda: layer(5), parameters=["weight", "bias"], non_persistent=["mask"])
+        check_device_transfer(lambda: layer(5), example=(3, 5))
+    rejected(lambda: check_matches_reference(lambda: UpperMask(5), masked_linear, (3, 5)),
+             "your train-mode `output` differs from the exercise's")
+
+
+def test_a_buffer_sharing_a_parameters_memory_is_named(nb):
+    class Shares(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 2)
+            self.register_buffer("copy", self.fc.weight.detach())
+
+    rejected(lambda: check_roles(Shares, parameters=["fc.weight", "fc.bias"], buffers=["copy"]),
+             "a buffer shares its memory with a parameter", "buffer `copy` is the memory of parameter `fc.weight`",
+             ".detach().clone()")
+
+
+def test_check_tensors_runs_the_students_code_inside_the_check(nb):
+    """A stub's NotImplementedError is a verdict with the stub's hint; an error of the test's own code is the
+    grader's, never the student's zero."""
+    class Stub(nb["WeightEMA"]):
+        def update(self, decay):
+            raise NotImplementedError("replace this line with your code")
+
+    nb["WeightEMA"], original = Stub, nb["WeightEMA"]
+    try:
+        rejected(lambda: check_tensors(lambda: nb["ema_after_training"](nb["small_net"](), 0.9, 2, (4, 6)),
+                                       title="EMA of weights"),
+                 "✗ EMA of weights: running your code raised NotImplementedError", "(in `update`",
+                 "replace that line with your code")
+    finally:
+        nb["WeightEMA"] = original
+    with pytest.raises(GraderError, match="grader error in `EMA of weights`: KeyError"):  # no student frame
+        check_tensors(functools.partial(dict.__getitem__, {}, "missing"), title="EMA of weights")
+    check_tensors(lambda: nb["ema_after_training"](nb["small_net"](), 0.9, 2, (4, 6)), title="EMA of weights")
+
+
+def test_learning_names_an_output_of_nan_or_inf():
+    class DividesByZero(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 2)
+            self.register_buffer("std", torch.zeros(3))
+
+        def forward(self, x):
+            return self.fc(x / self.std)
+
+    message = rejected(lambda: check_learning(DividesByZero, example=(4, 3)),
+                       "the output holds NaN or Inf", "division by zero")
+    assert "the optimizer holds" not in message
+
+
+class TorchsOwn(nn.Module):
+    """Registers torch's tensors itself, then lets F.batch_norm do the work."""
+
+    def __init__(self, n, eps=1e-5, momentum=0.1):
+        super().__init__()
+        self.eps, self.momentum = eps, momentum
+        self.weight, self.bias = nn.Parameter(torch.ones(n)), nn.Parameter(torch.zeros(n))
+        self.register_buffer("running_mean", torch.zeros(n))
+        self.register_buffer("running_var", torch.ones(n))
+        self.register_buffer("num_batches_tracked", torch.tensor(0))
+
+    def forward(self, x):
+        if self.training:
+            self.num_batches_tracked += 1
+        return nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                        self.training, self.momentum, self.eps)
+
+
+class Holds(nn.Module):
+    def __init__(self, n, **kwargs):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(n, **kwargs)
+
+    def forward(self, x):
+        return self.norm(x)
+
+
+@pytest.mark.parametrize("layer, fragments", [
+    (type("MyBatchNorm1d", (nn.BatchNorm1d,), {}), ["your layer subclasses nn.BatchNorm1d, torch's own layer"]),
+    (Holds, ["`norm` in your layer is nn.BatchNorm1d, torch's own layer"]),
+    (TorchsOwn, ["your forward calls torch's own batch_norm (F.batch_norm or torch.batch_norm)",
+                 "compute it from tensor operations"]),
+], ids=["subclass", "child", "functional"])
+def test_torchs_own_batchnorm_does_not_count_as_a_reimplementation(layer, fragments):
+    rejected(lambda: check_matches_torch(layer, nn.BatchNorm1d, 4, example=(6, 4)), *fragments)
+    assert torch._C._len_torch_function_stack() == 0  # the check's own mode is gone

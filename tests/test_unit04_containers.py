@@ -7,7 +7,7 @@ from torch import nn
 
 from conftest import rejected, run_cells
 from grader import (check_counting, check_device_transfer, check_eval_behaviour, check_gradient_flow,
-                    check_learning, check_trainable_count)
+                    check_learning, check_matches_reference, check_trainable_count)
 
 pytestmark = pytest.mark.device
 
@@ -242,3 +242,67 @@ def test_tied_lm_shares_one_parameter_under_two_keys(nb):
     assert model.out.weight is model.embed.weight
     assert [n for n, _ in model.named_parameters()] == ["embed.weight", "mix.weight", "mix.bias", "out.bias"]
     assert list(model.state_dict()) == ["embed.weight", "mix.weight", "mix.bias", "out.weight", "out.bias"]
+
+
+# --- what the models compute: the hidden references ----------------------------------------------------------
+
+class SkipReference(nn.Module):
+    def __init__(self, in_features, hidden, out_features):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, out_features))
+        self.project = nn.Linear(in_features, out_features, bias=False)
+
+    def forward(self, x):
+        return self.body(x) + self.project(x)
+
+
+def test_a_bare_parameter_projection_is_matched_to_the_reference_by_shape(nb, capsys):
+    """state_dict() lists a module's own parameters before its children: the reference pairs tensors by shape."""
+    class BareProjection(nn.Module):
+        def __init__(self, in_features, hidden, out_features):
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, out_features))
+            self.project = nn.Parameter(torch.randn(out_features, in_features) / in_features ** 0.5)
+
+        def forward(self, x):
+            return self.body(x) + x @ self.project.T
+
+    assert list(BareProjection(3, 5, 7).state_dict())[0] == "project"
+    check_matches_reference(lambda: BareProjection(3, 5, 7), lambda: SkipReference(3, 5, 7), (2, 3))
+    assert "✓ matches the reference" in capsys.readouterr().out
+
+    class Subtracts(BareProjection):
+        def forward(self, x):
+            return self.body(x) - x @ self.project.T
+
+    rejected(lambda: check_matches_reference(lambda: Subtracts(3, 5, 7), lambda: SkipReference(3, 5, 7), (2, 3)),
+             "your train-mode `output` differs from the exercise's")
+
+
+def test_a_dict_of_outputs_in_another_key_order_matches(nb, capsys):
+    class Sorted(nb["FixedMultiTaskNet"]):
+        def forward(self, x):
+            out = super().forward(x)
+            return {task: out[task] for task in sorted(out, reverse=True)}
+
+    check_matches_reference(lambda: Sorted(5, 4, {"a": 1, "b": 7}),
+                            lambda: nb["FixedMultiTaskNet"](5, 4, {"a": 1, "b": 7}), (3, 5))
+    assert "✓ matches the reference" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("step, fragments", [
+    ("x = torch.relu(branch(x))", ["your train-mode `output` differs from the exercise's"]),
+    ("x = x + branch(x)", ["your train-mode `output` differs from the exercise's"]),
+    ("x = torch.relu(x - branch(x))", ["your train-mode `output` differs from the exercise's"]),
+    ("x += branch(x); x = torch.relu(x)", ["backward() through your train-mode output raised RuntimeError",
+                                           "modified by an inplace operation"]),
+])
+def test_residual_forwards_that_differ_are_rejected(nb, step, fragments):
+    namespace = {"torch": torch}
+    exec(f"def forward(self, x):\n    x = self.stem(x)\n    for branch in self.blocks:\n        {step}\n"
+         "    return self.head(x)\n", namespace)
+    wrong = type("Wrong", (nb["ResidualMLP"],), {"forward": namespace["forward"]})
+    message = rejected(lambda: check_matches_reference(lambda: wrong(5, 6, 3, 2, 2),
+                                                       lambda: nb["ResidualMLP"](5, 6, 3, 2, 2), (4, 5)), *fragments)
+    assert "enable anomaly detection" not in message
+    check_matches_reference(lambda: nb["ResidualMLP"](5, 6, 3, 0, 2), lambda: wrong(5, 6, 3, 0, 2), (4, 5))  # 0 blocks

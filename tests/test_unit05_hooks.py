@@ -1,6 +1,8 @@
 """Unit 05, hooks: both broken models are rejected with the right hint, their demo cells print that diagnosis,
-the fixes pass, and grader.checks.hooks names the usual mistakes of hook utilities (hooks left behind, a recorder that
-records containers or forgets to copy, late-bound lambdas, a NaN hunter that names the last module, ...)."""
+the fixes pass (and only the fixes: a `.data` hack fails on gradients), and grader.checks.hooks, hook_guards and
+hooked_models name the usual mistakes of hook utilities (hooks left behind, a recorder that records containers or
+forgets to copy, late-bound lambdas, tensors kept instead of floats, validators that accept only float32 or return a
+cast input, a NaN hunter that names the last module or leaves hooks when the model raises, ...)."""
 
 import contextlib
 import functools
@@ -11,8 +13,8 @@ from torch import nn
 
 from conftest import printed_by, rejected, run_cells
 from grader import (check_finds_first_nonfinite, check_grad_norms, check_gradient_flow,
-                    check_keeps_output, check_learning, check_no_hook_leak, check_pre_hook_validates,
-                    check_records_activations, check_same_function)
+                    check_keeps_output, check_learning, check_matches_reference, check_no_hook_leak,
+                    check_pre_hook_validates, check_records_activations, check_same_function)
 
 pytestmark = pytest.mark.device
 
@@ -360,7 +362,7 @@ def validator(size_error=ValueError, check_dtype=True, dim=-1, message="expected
     def make(features):
         def hook(module, args):
             x = args[0]
-            if check_dtype and not x.is_floating_point():
+            if check_dtype and not (isinstance(x, torch.Tensor) and x.is_floating_point()):
                 raise TypeError("expected a floating-point tensor")
             if x.shape[dim] != features:
                 raise size_error(message.format(f=features, n=x.shape[dim]))
@@ -374,19 +376,23 @@ def test_reference_validator_passes(nb, capsys):
     check_pre_hook_validates(nb["input_validator"], lambda: nn.Sequential(nn.Linear(3, 4), nn.Tanh()), 3, (4, 5, 3))
     check_pre_hook_validates(nb["input_validator"], lambda: nn.Linear(1, 2), 1, (6, 1))
     out, err = capsys.readouterr()
-    assert out.count("✓ input-validating pre-hook: passes valid inputs unchanged") == 3 and err == ""
+    assert out.count("✓ input-validating pre-hook: passes valid inputs (float32, float64, bfloat16) unchanged") == 3
+    assert err == ""
 
 
 @pytest.mark.parametrize("wrong, features, example, fragments", [
     (validator(check_dtype=False), 20, EXAMPLE,
      ["for an input of dtype torch.int64, the model raised RuntimeError", "not TypeError",
       "raise TypeError unless", "your hook let it through"]),
-    (validator(dim=1), 20, (4, 5, 20), ["a valid input of shape [4, 5, 20] raised ValueError"]),
+    (validator(dim=1), 20, (4, 5, 20), ["a valid float32 input of shape [4, 5, 20] raised ValueError"]),
     (validator(message="bad input"), 20, EXAMPLE,
      ["for an input of shape [8, 19] (19 features, not 20), the ValueError says 'bad input'", "name both sizes"]),
     (validator(size_error=AssertionError), 20, EXAMPLE, ["raised AssertionError", "not ValueError"]),
     (validator(returns=lambda x: (x * 2,)), 20, EXAMPLE,
-     ["the model's output for a valid input of shape [8, 20] changed", "returns None"]),
+     ["for a valid float32 input of shape [8, 20], forward got another tensor", "return None from the hook"]),
+    (validator(returns=lambda x: (x.clone(),)), 20, EXAMPLE, ["forward got a copy of it"]),
+    (validator(returns=lambda x: x.float()), 20, EXAMPLE,
+     ["for a valid float64 input of shape [8, 20], forward got a float32 tensor, not the tensor the caller passed"]),
     (lambda features: None, 20, EXAMPLE, ["make_hook(20) returned NoneType, not a hook"]),
 ])
 def test_wrong_validators_are_named(wrong, features, example, fragments, capsys):
@@ -483,3 +489,214 @@ def test_a_finder_that_stops_at_the_first_leaf_misses_the_container(nb):
 
     assert nb["first_nonfinite"](MakesNaN(), torch.randn(8, 20)) == ""
     assert finder(leaves_only=True)(MakesNaN(), torch.randn(8, 20)) is None
+
+
+def test_validators_must_accept_every_float_dtype_and_refuse_what_is_not_a_tensor():
+    """Issue 13: validators that accept only float32, skip the isinstance test, or check the size first passed."""
+    def make(test, size_first=False):
+        def input_validator(features):
+            def hook(module, args):
+                x = args[0]
+                if size_first and x.shape[-1] != features:
+                    raise ValueError(f"expected {features} input features, got {x.shape[-1]}")
+                if test(x):
+                    raise TypeError("expected a floating-point tensor")
+                if x.shape[-1] != features:
+                    raise ValueError(f"expected {features} input features, got {x.shape[-1]}")
+            return hook
+        return input_validator
+
+    model = lambda: nn.Sequential(nn.Linear(20, 4), nn.Tanh())  # noqa: E731
+    only_float32 = make(lambda x: not isinstance(x, torch.Tensor) or x.dtype != torch.float32)
+    rejected(lambda: check_pre_hook_validates(only_float32, model, 20, EXAMPLE),
+             "a valid float64 input of shape [8, 20] raised TypeError", "float16, bfloat16, float32 and float64")
+    no_isinstance = make(lambda x: not x.is_floating_point())
+    rejected(lambda: check_pre_hook_validates(no_isinstance, model, 20, EXAMPLE),
+             "for a Python list (not a tensor) of shape [8, 20], the model raised AttributeError",
+             "test isinstance(x, torch.Tensor) before anything else")
+    size_first = make(lambda x: not (isinstance(x, torch.Tensor) and x.is_floating_point()), size_first=True)
+    rejected(lambda: check_pre_hook_validates(size_first, model, 20, EXAMPLE),
+             "for an input of dtype torch.int64 with 19 features, the model raised ValueError", "check the type first")
+    integers_only = make(lambda x: not isinstance(x, torch.Tensor) or x.dtype in (torch.int32, torch.int64))
+    rejected(lambda: check_pre_hook_validates(integers_only, model, 20, EXAMPLE),
+             "for an input of dtype torch.bool, the model raised RuntimeError", "not TypeError",
+             "integer and bool tensors are not floating point", "your hook let it through")
+
+
+def test_norms_kept_as_tensors_or_overwritten_are_named(capsys):
+    rejected(lambda: check_grad_norms(watcher(norm=lambda grad: grad.norm()), mlp, EXAMPLE),
+             "norms['0.weight'] holds torch.Tensor values, not Python floats", "grad.norm().item()")
+
+    def attached(model):  # computed with grad mode on (backward turns it off): a tensor still in a graph
+        norms, handles = {}, []
+
+        def keep(p, name):
+            with torch.enable_grad():
+                norms[name].append(p.grad.norm() + 0 * p.sum())
+
+        for name, p in model.named_parameters():
+            norms[name] = []
+            handles.append(p.register_post_accumulate_grad_hook(functools.partial(keep, name=name)))
+        return norms, handles
+
+    rejected(lambda: check_grad_norms(attached, mlp, EXAMPLE), "not Python floats, attached to the autograd graph",
+             "holds the whole graph")
+
+    def overwrite(model):
+        norms = {name: [] for name, p in model.named_parameters()}
+
+        def hook(grad, name):
+            norms[name] = grad.norm().item()
+
+        handles = [p.register_hook(functools.partial(hook, name=name)) for name, p in model.named_parameters()]
+        return norms, handles
+
+    rejected(lambda: check_grad_norms(overwrite, mlp, EXAMPLE), "norms['0.weight'] is float, not a list of norms",
+             "norms[name].append")
+    assert capsys.readouterr().err == ""
+
+
+def test_a_tensor_hook_that_reads_p_grad_is_explained():
+    def reads_grad(model):
+        norms, handles = {}, []
+        for name, p in model.named_parameters():
+            norms[name] = []
+            handles.append(p.register_hook(lambda grad, name=name, p=p: norms[name].append(p.grad.norm().item())))
+        return norms, handles
+
+    rejected(lambda: check_grad_norms(reads_grad, mlp, EXAMPLE), "raised AttributeError", "runs before p.grad is set",
+             "register_post_accumulate_grad_hook")
+
+
+def test_a_recorder_whose_hooks_see_the_last_name_is_explained():
+    @contextlib.contextmanager
+    def record(model):
+        acts, handles = {}, []
+        for name, module in model.named_modules():
+            if next(module.children(), None) is None:
+                handles.append(module.register_forward_hook(
+                    lambda module, args, output: acts.update({name: output.detach().clone()})))
+        try:
+            yield acts
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    rejected(lambda: check_records_activations(record, mlp, EXAMPLE), "acts holds 1 record; the model has 3 leaf modules",
+             "acts holds only the last leaf's name", "name=name")
+
+
+def guarded_finder(catch=False, guard=True):
+    """first_nonfinite written with or without try/finally, and with or without an except that hides errors."""
+    def find(model, *inputs):
+        found = []
+        handles = [module.register_forward_hook(
+            lambda module, args, output, name=name: found.append(name) if not torch.isfinite(output).all() else None)
+            for name, module in model.named_modules()]
+        if not guard:
+            model(*inputs)
+            for handle in handles:
+                handle.remove()
+            return found[0] if found else None
+        try:
+            model(*inputs)
+        except Exception:
+            if not catch:
+                raise
+            return None
+        finally:
+            for handle in handles:
+                handle.remove()
+        return found[0] if found else None
+    return find
+
+
+def test_a_finder_must_clean_up_and_let_errors_through(capsys):
+    check_finds_first_nonfinite(guarded_finder(), Residual, EXAMPLE)
+    assert "no hook left (also when the model raises)" in capsys.readouterr().out
+    rejected(lambda: check_finds_first_nonfinite(guarded_finder(guard=False), mlp, EXAMPLE),
+             "find leaves hooks on the model when the model raises (here `1` did)",
+             "`0` still has 1 forward hook", "try: model(*inputs) / finally: remove them")
+    rejected(lambda: check_finds_first_nonfinite(guarded_finder(catch=True), mlp, EXAMPLE),
+             "when `1` raised an error, find returned None: the error disappeared", "no except")
+
+
+def test_a_finder_that_hooks_only_the_top_level_is_named():
+    rejected(lambda: check_finds_first_nonfinite(top_level_finder, Residual, EXAMPLE),
+             "find returned 'block', which contains `block.1` (nn.Tanh), the module that output Inf first",
+             "nested ones included")
+
+
+def top_level_finder(model, *inputs):
+    """Hooks the model and its direct children only (named_children), not the modules nested deeper."""
+    found = []
+    modules = [("", model), *model.named_children()]
+    handles = [module.register_forward_hook(
+        lambda module, args, output, name=name: found.append(name) if not torch.isfinite(output).all() else None)
+        for name, module in modules]
+    try:
+        model(*inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found[0] if found else None
+
+
+top_level_finder.__name__ = "find"
+
+
+def test_kept_output_must_be_detached_and_its_module_called(nb, capsys):
+    class Attached(nb["FixedFeatureNet"]):
+        def _keep(self, module, args, output):
+            self.features = output
+
+    class Bypassed(nb["FixedFeatureNet"]):
+        def forward(self, x):
+            return self.head(self.body.forward(x))
+
+    rejected(lambda: check_keeps_output(lambda: Attached(20, 32, 10), EXAMPLE, attribute="features", module="body"),
+             "after call 1, model.features is still attached to the autograd graph", "store output.detach()")
+    check_keeps_output(lambda: Attached(20, 32, 10), EXAMPLE, attribute="features", module="body", detached=False)
+    rejected(lambda: check_keeps_output(lambda: Bypassed(20, 32, 10), EXAMPLE, attribute="features", module="body"),
+             "in call 1, `body` ran without its hooks: it was never called as `self.body(...)`",
+             "self.body.forward(x) skips every hook")
+    assert "model.features holds each call's output of `body` [cpu]" in capsys.readouterr().out
+
+
+def test_a_submodule_that_never_runs_is_the_tests_mistake():
+    from grader import GraderError
+
+    class Unused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.spare = nn.Linear(20, 10), nn.Linear(20, 10)
+
+        def forward(self, x):
+            return self.fc(x)
+
+    with pytest.raises(GraderError, match="submodule 'spare' does not run in forward"):
+        check_keeps_output(Unused, EXAMPLE, attribute="features", module="spare")
+
+
+def test_a_data_hack_in_the_clipping_hook_fails_on_gradients(nb, capsys):
+    """Issue 13: `output.data.clamp_(...)` gives the right outputs and wrong gradients; only a reference that
+    compares gradients tells (the reference is written here, as in the hidden test)."""
+    class DataHack(nb["FixedClippedNet"]):
+        def _cap(self, module, args, output):
+            output.data.clamp_(max=self.cap)
+
+    class Reference(nn.Module):
+        def __init__(self, i, h, o, cap):
+            super().__init__()
+            self.cap, self.fc1, self.fc2 = cap, nn.Linear(i, h), nn.Linear(h, o)
+
+        def forward(self, x):
+            return self.fc2(torch.relu(self.fc1(x)).clamp(max=self.cap))
+
+    hack = lambda: DataHack(20, 32, 10)  # noqa: E731
+    check_gradient_flow(hack, EXAMPLE)  # the old tests pass it
+    check_same_function(hack, lambda: nb["ClippedNet"](20, 32, 10), EXAMPLE)
+    rejected(lambda: check_matches_reference(hack, lambda: Reference(20, 32, 10, 0.5), EXAMPLE),
+             "your outputs match, but the gradient with respect to the input differs", "out.data.clamp_(...)")
+    check_matches_reference(lambda: nb["FixedClippedNet"](20, 32, 10), lambda: Reference(20, 32, 10, 0.5), EXAMPLE)
+    assert capsys.readouterr().err == ""

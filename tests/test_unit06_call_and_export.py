@@ -1,19 +1,26 @@
 """Unit 06, `__call__` and export: the broken models and checkpoints are rejected with the right hint, their demo
-cells print that diagnosis, the fixes pass; check_call_pipeline names the first difference of wrong pipelines,
-check_checkpoint_round_trip the usual mistakes of save/load functions, check_loads_state_dict renames and shape
-mismatches. Exports are slow (about a second each, several on the first), so each one here is needed."""
+cells print that diagnosis, the fixes pass; check_call_pipeline names the first difference of wrong pipelines
+(always_call hooks run twice included), check_checkpoint_round_trip the usual mistakes of save/load functions (a
+tensor step included), check_loads_state_dict renames and shape mismatches, check_key_upgrade renaming functions
+that touch other keys or their input. Exports are slow (about a second each, several on the first), so each one
+here is needed."""
 
+import os
+import subprocess
+import sys
 
 import nbformat
 import pytest
+
+from grader.checks.report import GraderError
 import torch
 from torch import nn
 from torch.nn.modules import module as torch_module
 
 from conftest import ROOT, printed_by, rejected, run_cells
-from grader import (check_call_pipeline, check_checkpoint_round_trip, check_export_agrees,
-                    check_loads_state_dict, check_same_function)
-from grader.checks.saving import renamed_prefixes
+from grader import (check_call_pipeline, check_checkpoint_round_trip, check_export_agrees, check_key_upgrade,
+                    check_loads_state_dict, check_matches_reference, check_same_function)
+from grader.checks.state_dict_keys import renamed_prefixes
 
 pytestmark = pytest.mark.device
 
@@ -54,7 +61,7 @@ def test_reference_pipeline_passes_every_part_and_leaves_no_hook(nb, capsys):
     before = global_hooks()
     check_call_pipeline(nb["call_module"], MLP, EXAMPLE)
     out, err = capsys.readouterr()
-    assert ("✓ call pipeline: call_module matches module(...) with 22 hooks (forward, kwargs, always_call, backward)"
+    assert ("✓ call pipeline: call_module matches module(...) with 28 hooks (forward, kwargs, always_call, backward)"
             in out)
     assert err == "" and global_hooks() == before
 
@@ -83,7 +90,7 @@ WRONG_PIPELINES = {
         ("forward",), ["call_module ran forward hook `post_shift` before global forward hook `global_post`"]),
     "a single value from a pre-hook not wrapped": (
         [("args = new if isinstance(new, tuple) else (new,)", "args = new")],
-        ("forward",), ["raised TypeError: _Probe.forward() takes 2 positional arguments",
+        ("forward",), ["raised TypeError: Probe.forward() takes 2 positional arguments",
                        "a pre-hook that returns a single value (not a tuple) replaces args with (value,)"]),
     "forward hook return values ignored": (
         [("            if new is not None:\n                result = new\n        if bw", "        if bw")],
@@ -116,7 +123,28 @@ WRONG_PIPELINES = {
           "                        new = hook(module, args, result)",
           "                    new = hook(module, args, result)")],
         ("always_call",), ["call_module never ran forward hook `post_always_kwargs`",
-                           "as hook(module, args, kwargs, None)"]),
+                           "as hook(module, args, kwargs, result)"]),
+    "always_call hooks run again after a forward hook raised": (
+        [("            if hook_id in always and hook_id not in ran:", "            if hook_id in always:")],
+        ("always_call",), ["call_module ran global forward hook `global_always` a second time, after forward hook "
+                           "`post_raise`; torch runs it once", "yours: forward() → global forward hook `global_always` "
+                           "→ forward hook `post_always` → forward hook `post_raise` → global forward hook",
+                           "skip the ones that already ran"]),
+    "always_call hooks called only when forward raises": (
+        [("        result = module.forward(*args, **kwargs)\n",
+          "        try:\n            result = module.forward(*args, **kwargs)\n        except Exception:\n"
+          "            ran.add(None)\n            raise\n"),
+         ("            if hook_id in always and hook_id not in ran:",
+          "            if hook_id in always and hook_id not in ran and None in ran:")],
+        ("always_call",), ["call_module never ran forward hook `post_always_late`",
+                           "torch: forward() → global forward hook `global_always` → forward hook `post_always` → "
+                           "forward hook `post_raise` → forward hook `post_always_late`", "when forward or a hook raises"]),
+    "always_call results dropped after an error": (
+        [("                    if new is not None:\n                        result = new\n                except Exception:",
+          "                except Exception:")],
+        ("always_call",), ["with call_module, forward hook `post_always_last` got other output than torch gives it",
+                           "`post_always_late`: registered with always_call=True, after `post_raise`; returns output * 3",
+                           "after an error, always_call hooks get the result so far"]),
     "the error swallowed": (
         [("        raise\n", "        return result\n")],
         ("always_call",), ["forward raised an error, but call_module returned normally", "re-raise"]),
@@ -435,7 +463,8 @@ def test_a_static_guard_is_reported_as_refused_batch_sizes(nb):
 
 
 def test_export_check_needs_an_example_batch_of_two():
-    with pytest.raises(ValueError, match="at least 2"):
+    """A test that gives the export check a batch of one is the test's mistake: a grader error, never a verdict."""
+    with pytest.raises(GraderError, match="ValueError: .*at least 2"):
         check_export_agrees(lambda: nn.Linear(2, 2), (1, 2), (1, 2))
 
 
@@ -454,3 +483,204 @@ def test_a_cast_checkpoint_loads_and_a_diverged_one_is_named():
     diverged["head.weight"][0, 0] = float("nan")
     rejected(lambda: check_loads_state_dict(Net, diverged, example=(6, 3)),
              "the loaded model's output holds NaN or Inf", "saved after training diverged")
+
+
+# --- issue 13 and 16: what the checks used to let through, and what the hints used to claim --------------------
+
+def test_a_tensor_or_float_step_is_rejected(nb):
+    def save_tensor_step(path, model, optimizer, step):
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": torch.tensor(step)}, path)
+
+    def save_float_step(path, model, optimizer, step):
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": float(step)}, path)
+
+    rejected(lambda: check_checkpoint_round_trip(save_tensor_step, _load, BN_MLP, EXAMPLE),
+             "_load(...) returned tensor(2), a tensor; the step is the int 2", "'step': step", "json.dumps")
+    message = rejected(lambda: check_checkpoint_round_trip(save_float_step, _load, BN_MLP, EXAMPLE),
+                       "returned 2.0, a float; the step is the int 2")
+    assert "tensor" not in message
+
+
+def test_the_weights_only_hint_says_what_the_allowlist_holds():
+    """Issue 16: weights_only=True loads more than tensors, dicts, lists, numbers and strings, and add_safe_globals
+    admits any class; the hint says so, and torch 2.13 does what it says."""
+    import collections
+    import io
+
+    from grader.checks.saving import _SAFE_HINT
+
+    def round_trip(value):
+        buffer = io.BytesIO()
+        torch.save(value, buffer)
+        buffer.seek(0)
+        return torch.load(buffer)
+
+    for value in (collections.OrderedDict(a=1), {1, 2}, (1, 2), torch.Size([2, 3]), torch.device("cpu"),
+                  torch.float16):
+        assert round_trip(value) == value
+    with pytest.raises(Exception, match="Unsupported global"):
+        round_trip(Net())
+    with torch.serialization.safe_globals([Net, *{type(m) for m in Net().modules()}]):
+        assert isinstance(round_trip(Net()), Net)
+    for claim in ("OrderedDicts", "sets", "torch.Size", "torch.device", "dtypes", "add_safe_globals"):
+        assert claim in _SAFE_HINT
+    assert "refuses any other class" not in _SAFE_HINT
+
+
+RENAMED_TIE = """
+from grader.checks.state_dict_keys import renamed_prefixes
+print(renamed_prefixes(["a.x", "a.y"], ["c.x", "c.y", "b.x", "b.y"]), renamed_prefixes(["q.w"], ["z.w", "m.w", "k.w"]))
+"""
+
+
+def test_renamed_prefixes_breaks_ties_the_same_way_whatever_the_hash_seed():
+    """Issue 16: ties were broken by set order, which PYTHONHASHSEED changes."""
+    answers = set()
+    for seed in ("0", "1", "2", "3"):
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        done = subprocess.run([sys.executable, "-c", RENAMED_TIE], capture_output=True, text=True, env=env,
+                              cwd=ROOT, check=True)
+        answers.add(done.stdout.strip())
+    assert answers == {"[('a.', 'b.', 2)] [('q.', 'k.', 1)]"}
+
+
+def upgrade(rule):
+    def upgrade_state_dict(state_dict):
+        return {rule(k): v for k, v in state_dict.items()}
+    return upgrade_state_dict
+
+
+def renamed(key):  # the exercise's rule, as the hidden test writes it
+    return "head." + key[len("fc."):] if key.startswith("fc.") else key
+
+
+KEYS = ["body.0.weight", "fc.weight", "body.fc.weight", "fc.cls.bias", "fcx.weight", "fc.bias"]
+
+
+def test_key_upgrade_accepts_the_rule_in_any_style(nb, capsys):
+    check_key_upgrade(nb["upgrade_state_dict"], renamed, KEYS)
+    check_key_upgrade(upgrade(lambda k: "head." + k.removeprefix("fc.") if k.startswith("fc.") else k), renamed, KEYS)
+    out, err = capsys.readouterr()
+    assert out.count("✓ key upgrade: upgrade_state_dict renames 3 keys and keeps 3 other keys as they are, values "
+                     "untouched, input unchanged [cpu]") == 2 and err == ""
+
+
+@pytest.mark.parametrize("rule, fragments", [
+    (lambda k: k.replace("fc", "head"),
+     ["`body.fc.weight` must stay as it is; yours renamed it to `body.head.weight`", "str.replace changes the name"]),
+    (lambda k: k.replace("fc.", "head."), ["`body.fc.weight` must stay as it is", "dot included"]),
+    (lambda k: "head." + k.lstrip("fc.") if k.startswith("fc.") else k,
+     ["`fc.cls.bias` must become `head.cls.bias`; yours made it `head.ls.bias`", "str.lstrip(chars)",
+      "key.removeprefix(prefix)"]),
+    (lambda k: "head" + k[2:] if k.startswith("fc") else k,
+     ["`fcx.weight` must stay as it is; yours renamed it to `headx.weight`", "a test without the dot"]),
+    (lambda k: "head." + k[2:] if k.startswith("fc.") else k,
+     ["`fc.weight` must become `head.weight`; yours made it `head..weight`", "new + key[len(old):]"]),
+])
+def test_key_upgrades_that_touch_other_keys_are_named(rule, fragments, capsys):
+    rejected(lambda: check_key_upgrade(upgrade(rule), renamed, KEYS), "✗ key upgrade", *fragments)
+    assert capsys.readouterr().err == ""
+
+
+def test_key_upgrades_that_change_their_input_or_the_values_are_named():
+    def in_place(state_dict):
+        for key in [k for k in state_dict if k.startswith("fc.")]:
+            state_dict["head." + key[3:]] = state_dict.pop(key)
+        return state_dict
+
+    def keeps_old(state_dict):
+        return dict(state_dict) | {renamed(k): v for k, v in state_dict.items() if k.startswith("fc.")}
+
+    def casts(state_dict):
+        return {renamed(k): v.float() for k, v in state_dict.items()}
+
+    def as_list(state_dict):
+        return [(renamed(k), v) for k, v in state_dict.items()]
+
+    rejected(lambda: check_key_upgrade(in_place, renamed, KEYS), "in_place changed the state_dict it was given",
+             "`fc.weight` was removed from it", "`head.weight` was added to it", "build and return a new dict")
+    rejected(lambda: check_key_upgrade(keeps_old, renamed, KEYS),
+             "yours keeps the old key `fc.weight` beside its new one `head.weight`", "each entry appears once")
+    rejected(lambda: check_key_upgrade(casts, renamed, KEYS),
+             "`head.weight` (from `fc.weight`) holds another value: a tensor of dtype float32 and shape [2], not a "
+             "tensor of dtype float64 and shape [2]", "keep every value as it is")
+    rejected(lambda: check_key_upgrade(as_list, renamed, KEYS), "returned list, not a dict")
+
+
+def test_key_upgrade_stub_and_reference_errors():
+    def upgrade_state_dict(state_dict):
+        raise NotImplementedError("replace this line with your code")
+
+    rejected(lambda: check_key_upgrade(upgrade_state_dict, renamed, KEYS), "raised NotImplementedError",
+             "replace that line with your code")
+    with pytest.raises(GraderError, match="check_key_upgrade \\(the reference\\)"):
+        check_key_upgrade(upgrade(renamed), lambda key: key.missing, KEYS)
+
+
+def test_loading_a_converted_checkpoint_goes_through_the_check(nb):
+    """Issue 15: the test cell called upgrade_state_dict itself, so the stub showed a bare NotImplementedError."""
+    def upgrade_state_dict(state_dict):
+        raise NotImplementedError("replace this line with your code")
+
+    def in_place(state_dict):
+        state_dict["head.weight"] = state_dict.pop("fc.weight")
+        state_dict["head.bias"] = state_dict.pop("fc.bias")
+        return state_dict
+
+    old = nb["OldClassifier"](20, 32, 10).state_dict()
+    classifier = lambda: nb["Classifier"](20, 32, 10)  # noqa: E731
+    rejected(lambda: check_loads_state_dict(classifier, old, convert=upgrade_state_dict),
+             "upgrade_state_dict(state_dict) raised NotImplementedError", "replace that line with your code")
+    rejected(lambda: check_loads_state_dict(classifier, dict(old), convert=in_place),
+             "in_place changed the state_dict it was given", "`fc.weight` was removed from it")
+    check_loads_state_dict(classifier, old, example=EXAMPLE, convert=nb["upgrade_state_dict"])
+
+
+def test_cond_branches_may_differ_in_size_but_not_in_dtype_or_dimensions(capfd):
+    """Issue 16: torch 2.13 export accepts torch.cond branches of different sizes; it refuses a dtype or a
+    number of dimensions that differ, and a different number of outputs. A refused export logs nothing to stderr."""
+    class Sizes(nn.Module):
+        def forward(self, x):
+            return torch.cond(x.shape[0] > 1, lambda h: h.sum(0, keepdim=True), lambda h: h.clone(), (x,))
+
+    class Dtypes(nn.Module):
+        def forward(self, x):
+            return torch.cond(x.shape[0] > 1, lambda h: h.double(), lambda h: h.clone(), (x,))
+
+    class Dims(nn.Module):
+        def forward(self, x):
+            return torch.cond(x.shape[0] > 1, lambda h: h.sum(0), lambda h: h.clone(), (x,))
+
+    program = torch.export.export(Sizes(), (torch.randn(4, 3),), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    assert program.module()(torch.randn(5, 3)).shape == (1, 3)
+    capfd.readouterr()
+    rejected(lambda: check_export_agrees(Dtypes, (4, 3), (1, 2)),
+             "torch.cond refused branches that do not match: the two branches return tensors with a different dtype "
+             "(torch.float64 and torch.float32)", "the sizes may differ")
+    rejected(lambda: check_export_agrees(Dims, (4, 3), (1, 2)), "with a different number of dimensions (1 and 2)",
+             "the same dtype and number of dimensions")
+    assert capfd.readouterr().err == ""
+
+
+def test_cond_centred_mistakes_that_export_fine_fail_against_the_reference(nb):
+    """Issue 13: a detached linear layer and a predicate off by one passed every test."""
+    def centred_reference(state, x):
+        h = torch.nn.functional.linear(x, state["fc.weight"], state["fc.bias"])
+        return h - h.mean(dim=0, keepdim=True) if x.shape[0] > 1 else h
+
+    class Detached(nb["BatchCentred"]):
+        def forward(self, x):
+            h = self.fc(x).detach()
+            return torch.cond(x.shape[0] > 1, lambda h: h - h.mean(dim=0, keepdim=True), lambda h: h.clone(), (h,))
+
+    class FromThree(nb["BatchCentred"]):
+        def forward(self, x):
+            h = self.fc(x)
+            return torch.cond(x.shape[0] > 2, lambda h: h - h.mean(dim=0, keepdim=True), lambda h: h.clone(), (h,))
+
+    rejected(lambda: check_matches_reference(lambda: Detached(7, 3), centred_reference, (3, 7)),
+             "your output carries no autograd graph", "`.detach()`")
+    check_same_function(lambda: FromThree(7, 3), lambda: nb["BatchCentred"](7, 3), example=(3, 7))
+    rejected(lambda: check_matches_reference(lambda: FromThree(7, 3), centred_reference, (2, 7)),
+             "your train-mode `output` differs from the exercise's (input of shape [2, 7])")
+    check_matches_reference(lambda: nb["CondCentred"](7, 3), centred_reference, (2, 7))

@@ -6,13 +6,15 @@ import contextlib
 import io
 
 import pytest
+
+from grader.checks.report import GraderError
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from conftest import rejected, run_cells
-from grader import (CheckFailed, check_counter, check_model, check_optimizer, check_predict, check_same_function,
-                    check_trainable_count, check_training_step)
+from grader import (CheckFailed, check_counter, check_log, check_model, check_optimizer, check_predict,
+                    check_same_function, check_trainable_count, check_training_step)
 
 pytestmark = pytest.mark.device
 
@@ -44,30 +46,30 @@ def run_cell(nb, grade_id, **names) -> str:
 #  fragments the demo cell prints, fragments with which each graded cell rejects the broken code)
 PATIENTS = [
     ("p1", "Regressor", "FixedRegressor", ["test_p1_regressor"],
-     ["cannot assign module before Module.__init__() call", "make `super().__init__()` the first line of __init__"],
+     ["cannot assign module before Module.__init__() call", "(in `__init__`, line 3)"],
      ["building the model raised AttributeError", "make `super().__init__()` the first line of __init__"]),
     ("p2", "ClippedMLP", "FixedClippedMLP", ["test_p2_clipped"],
-     ["Can't call numpy() on Tensor that requires grad", "keep the whole forward in torch operations"],
+     ["Can't call numpy() on Tensor that requires grad", "(in `forward`, line 10)"],
      ["✗ gradient flow", "forward calls .numpy(), which leaves autograd"]),
     ("p3", "LoggedMLP", "FixedLoggedMLP", ["test_p3_logged"],
      ["`encoder.0.weight` gets no gradient", "`encoder.0` runs, but its result is cut from the graph", ".detach()"],
      ["`encoder.0.bias` gets no gradient", "cut from the graph"]),
     ("p4", "LazyClassifier", "FixedClassifier", ["test_p4_classifier"],
      ["calling the model registers new parameters, so an optimizer built before it holds stale ones",
-      "`head.weight` is a new tensor after forward", "`self.head` is assigned inside forward: build it once in __init__"],
+      "`head.weight` is a new tensor after forward"],
      ["the model has 1,728 trainable parameters; the exercise asks for 1,893",
       "`self.head` is None when the model is built", "missing from this count and from any optimizer"]),
     ("p5", "setup_finetune", "fixed_setup_finetune", ["test_p5_finetune"],
      ["`head` was created or replaced after the optimizer was built",
       "2 trainable tensors of the model are not in the optimizer: `head.weight` and `head.bias`",
-      "the optimizer holds 2 tensors that the model does not have (shapes [10, 16], [10])", "build the optimizer last"],
+      "the optimizer holds 2 tensors that the model does not have (shapes [10, 16], [10])"],
      ["`head` was created or replaced after the optimizer was built", "build the optimizer last"]),
     ("p6", "predict", "fixed_predict", ["test_p6_predict"],
-     ["Expected more than 1 value per channel when training", "call model.eval() before single-sample inference"],
+     ["Expected more than 1 value per channel when training", "(in `predict`, line 8)"],
      ["Expected more than 1 value per channel when training", "call model.eval() before single-sample inference"]),
     ("p7", "ProbedMLP", "FixedProbedMLP", ["test_p7_probed"],
      ["calling the model leaves hooks behind: every call registers more, and none is removed",
-      "`fc1` gains a forward hook on every call (3 after 3 calls, in `fc1._forward_hooks`)", "register a hook once"],
+      "`fc1` gains a forward hook on every call (3 after 3 calls, in `fc1._forward_hooks`)"],
      ["calling the model leaves hooks behind", "`fc2` gains a forward hook on every call", "handle.remove()"]),
     ("p8", "CausalMixer", "FixedCausalMixer", ["test_p8_mixer"],
      ["a plain tensor (shape [6, 6]) at `self.mask` is not registered", "self.register_buffer(...)"],
@@ -76,21 +78,21 @@ PATIENTS = [
      ["SentimentV2 cannot load this state_dict with strict=True",
       "the checkpoint has `encoder.1.*` but the model registers `backbone.2.*` (5 keys)",
       "the checkpoint has `encoder.0.*` but the model registers `backbone.1.*` (2 keys)",
-      "the checkpoint has `classifier.*` but the model registers `heads.sentiment.*`", "strict=False would only hide"],
+      "the checkpoint has `classifier.*` but the model registers `heads.sentiment.*`"],
      ["your model cannot take upgrade_checkpoint(SentimentV1's state_dict): the names differ",
       "the checkpoint has `encoder.1.*` but the model registers `backbone.2.*`"]),
     ("p10", "train_step", "fixed_train_step", ["test_p10_train_step", "test_p10_train_step_modes"],
      ["gradients accumulate across steps", "the update at step 2 used the sum of the gradients of batches 1 to 2",
-      "call optimizer.zero_grad() in every step, before loss.backward()"],
+      "nothing clears it between steps"],
      ["gradients accumulate across steps", "call optimizer.zero_grad() in every step"]),
     ("p11", "count_trainable", "fixed_count_trainable", ["test_p11_counter"],
      ["count_trainable(SharedStack) returned 1,316, but torch counts 772 trainable parameters",
       "`stages.0.shared`, `stages.1.shared` and `stages.2.shared` are one nn.Linear (272 parameters)",
-      "counted once per name, that is 544 extra", "count each tensor once"],
+      "counted once per name, that is 544 extra"],
      ["are one nn.Linear", "counts a shared tensor once per name"]),
     ("p12", "NoisyMLP", "FixedNoisyMLP", ["test_p12_dropout"],
-     ["two eval-mode calls on the same input give different outputs", "F.dropout(..., training=True)",
-      "training=self.training"],
+     ["two eval-mode calls on the same input give different outputs", "the model holds no nn.Dropout module",
+      "a call in forward that model.eval() does not switch off"],
      ["✗ eval behaviour", "training=self.training"]),
 ]
 IDS = [p[0] for p in PATIENTS]
@@ -122,6 +124,33 @@ def test_demo_cell_prints_the_diagnosis(nb, key, broken, fixed, cells, demo, gra
     for fragment in demo:
         assert fragment in printed, f"missing {fragment!r} in:\n{printed}"
     assert capsys.readouterr().err == ""
+
+
+# What each patient's fix is, in the words a hint would use: the diagnosis cell must not print it.
+FIXES = {
+    "p1": ["first line of __init__"], "p2": [".clamp(", "torch.clamp"], "p3": ["return h", "detach().mean()"],
+    "p4": ["build it once in __init__", "in __init__"], "p5": ["build the optimizer last", "SGD(model.parameters()"],
+    "p6": ["model.eval()", "torch.no_grad()", "inference_mode"], "p7": ["register a hook once", "handle.remove()"],
+    "p8": ["persistent="], "p9": ["startswith", "def upgrade"], "p10": ["zero_grad"],
+    "p11": ["id()", "remember which ones"], "p12": ["training=self.training", "self.training"],
+}
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_demo_cell_shows_what_is_wrong_but_not_the_fix(nb, key):
+    """Issue 13: a diagnosis cell names the symptom and where to look; finding the fix is the exercise."""
+    printed = run_cell(nb, f"{key}_demo")
+    assert "Hint:" not in printed, printed
+    for fix in FIXES[key]:
+        assert fix not in printed, f"the diagnosis of {key} prints the fix {fix!r}:\n{printed}"
+
+
+def test_a_failure_s_diagnosis_is_its_message_without_the_hint():
+    with pytest.raises(CheckFailed) as failure:
+        check_counter(lambda model: 0, [nn.Linear(2, 2)])
+    message = str(failure.value)
+    assert "\nHint: " in message
+    assert failure.value.diagnosis == message.split("\nHint: ")[0]
 
 
 @pytest.mark.parametrize("key, broken, fixed, cells, demo, graded", PATIENTS, ids=IDS)
@@ -212,7 +241,8 @@ def test_hooks_removed_after_each_call_are_a_fix_too(nb, capsys):
                     handle.remove()
 
     printed = run_cell(nb, "test_p7_probed", FixedProbedMLP=RemovesItsHooks)
-    assert printed.count("✓") == 14 and "✗" not in printed
+    lines = printed.strip().splitlines()
+    assert len(lines) == 17 and all(line.startswith("✓ ") for line in lines), printed
     assert capsys.readouterr().err == ""
 
 
@@ -222,7 +252,7 @@ def test_a_hook_fix_that_drops_the_dashboard_is_rejected(nb):
             return self.fc2(torch.relu(self.fc1(x)))
 
     rejected(lambda: run_cell(nb, "test_p7_probed", FixedProbedMLP=NoDashboard),
-             "dashboard means", "missing `fc1`", "missing `fc2`")
+             "✗ training log", "after call 1 (train mode), the log has no `fc1`", "it holds nothing")
 
 
 def test_an_original_that_cannot_run_is_a_test_error_not_a_verdict(nb):
@@ -230,7 +260,7 @@ def test_an_original_that_cannot_run_is_a_test_error_not_a_verdict(nb):
         def forward(self, x):
             raise RuntimeError("boom")
 
-    with pytest.raises(ValueError, match="the original Crashes raised RuntimeError: boom"):
+    with pytest.raises(GraderError, match="ValueError: check_same_function: the original Crashes raised RuntimeError: boom"):
         check_same_function(lambda: nb["FixedLoggedMLP"](20, 32, 4), lambda: Crashes(20, 32, 4), example=(8, 20))
 
 
@@ -284,7 +314,8 @@ def _step(order, returns="item"):
             elif part == "step":
                 optimizer.step()
         return {"item": lambda: loss.item(), "tensor": lambda: loss, "none": lambda: None,
-                "double": lambda: 2 * loss.item()}[returns]()
+                "double": lambda: 2 * loss.item(), "float": lambda: float(loss), "detached": lambda: loss.detach(),
+                "list": lambda: [loss.item()]}[returns]()
     return step
 
 
@@ -295,6 +326,11 @@ STEP_MISTAKES = [
     (["zero", "forward", "step"], "item", ["after step 1, no parameter has changed", "backward() and step()"]),
     (["zero", "forward", "backward"], "item", ["after step 1, no parameter has changed"]),
     (["zero", "forward", "backward", "step"], "none", ["returned None", "loss.item()"]),
+    (["zero", "forward", "backward", "step"], "tensor", ["returned the loss as a tensor with its autograd graph, not as a "
+                                                         "number", "holds on to the whole graph", "loss.item()"]),
+    (["zero", "forward", "backward", "step"], "detached", ["returned the loss as a tensor, not as a number",
+                                                           "as a Python float: loss.item()"]),
+    (["zero", "forward", "backward", "step"], "list", ["returned list, not a number"]),
     (["zero", "forward", "backward", "step"], "double", ["at step 1, step returned", "but the loss on this batch is"]),
     (["zero", "forward", "backward", "step", "step"], "item", ["after step 1, the parameters differ from one SGD step",
                                                                "is off by up to"]),
@@ -308,7 +344,7 @@ def test_each_training_step_mistake_is_named(order, returns, fragments, capsys):
 
 
 @pytest.mark.parametrize("order, returns", [(["zero", "forward", "backward", "step"], "item"),
-                                            (["forward", "backward", "step", "zero"], "tensor")])
+                                            (["forward", "backward", "step", "zero"], "float")])
 def test_correct_training_steps_pass(order, returns, capsys):
     check_training_step(_step(order, returns), _mlp, example=(5, 6), steps=4)
     check_training_step(_step(order, returns), lambda: nn.Sequential(nn.Linear(6, 4), nn.BatchNorm1d(4), nn.Dropout(0.5)),
@@ -387,7 +423,8 @@ def test_an_optimizer_missing_a_new_layer_is_named():
         model.append(nn.Linear(4, 2))
         return model, optimizer
 
-    message = rejected(lambda: check_optimizer(added_after), "`1` was created or replaced after the optimizer was built",
+    message = rejected(lambda: check_optimizer(added_after),
+                       "`1` is not in it: it was built before that layer existed, or from only part of the model",
                        "2 trainable tensors of the model are not in the optimizer: `1.weight` and `1.bias`")
     assert "does not have" not in message
 
@@ -499,3 +536,237 @@ def test_training_checks_compare_each_device_with_its_own_reference(monkeypatch,
 
     check_optimizer(setup, example=(5, 6))
     assert capsys.readouterr().out.count("✓") == 2
+
+
+# --- check_optimizer(like=...): the steps of the exercise's optimizer --------------------------------------
+
+def _setup(make_optimizer):
+    def setup():
+        model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+        return model, make_optimizer(model.parameters())
+    return setup
+
+
+def _sgd(lr):
+    return lambda parameters: torch.optim.SGD(parameters, lr=lr)
+
+
+@pytest.mark.parametrize("make, fragments", [
+    (lambda ps: torch.optim.Adam(ps, lr=0.05), ["after 1 step", "yours is Adam; the exercise's is SGD"]),
+    (lambda ps: torch.optim.SGD(ps, lr=0.1), ["differently from SGD(lr=0.05)", "yours has lr=0.1; the exercise's has lr=0.05"]),
+    (lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9), ["after 2 steps", "yours has momentum=0.9"]),
+    (lambda ps: torch.optim.SGD(ps, lr=0.05, nesterov=True, momentum=0.5), ["yours has momentum=0.5", "nesterov=True"]),
+    (lambda ps: torch.optim.SGD(ps, lr=0.05, weight_decay=1e-4), ["yours has weight_decay=0.0001"]),
+], ids=["adam", "lr", "momentum", "nesterov", "weight decay"])
+def test_an_optimizer_that_steps_otherwise_is_named(make, fragments, capsys):
+    check_optimizer(_setup(make), example=(3, 4))  # it holds the right tensors, and a step moves each...
+    rejected(lambda: check_optimizer(_setup(make), example=(3, 4), like=_sgd(0.05)),  # ...but not as SGD(lr=0.05)
+             "your optimizer has moved the parameters differently", "is off by up to",
+             "with the learning rate you are given and no other options", *fragments)
+    assert capsys.readouterr().err == ""
+
+
+def test_an_optimizer_that_steps_alike_passes_in_any_grouping(capsys):
+    def grouped(parameters):
+        parameters = list(parameters)
+        return torch.optim.SGD([{"params": parameters[:2]}, {"params": parameters[2:]}], 0.05)
+
+    check_optimizer(_setup(_sgd(0.05)), example=(3, 4), like=_sgd(0.05))
+    check_optimizer(_setup(grouped), example=(3, 4), like=_sgd(0.05))
+    out = capsys.readouterr().out
+    assert out.count("its steps update them as SGD(lr=0.05) does") == 2, out
+
+
+def test_like_without_an_example_is_the_tests_error():
+    with pytest.raises(GraderError, match="`like` compares steps, so it needs an example"):
+        check_optimizer(_setup(_sgd(0.1)), like=_sgd(0.1))
+
+
+# --- check_log: the values a model keeps for a log ------------------------------------------------------------
+
+class Logged(nn.Module):
+    """Keeps the mean of its hidden layer in `self.log["hidden"]`, the way `keep` says."""
+
+    def __init__(self, keep):
+        super().__init__()
+        self.fc, self.head, self.keep, self.log = nn.Linear(5, 3), nn.Linear(3, 2), keep, {}
+
+    def forward(self, x):
+        h = torch.relu(self.fc(x))
+        self.keep(self.log, h)
+        return self.head(h)
+
+
+def _log_check(keep):
+    return lambda: check_log(lambda: Logged(keep), (4, 5), lambda m: m.log,
+                             lambda m, x: {"hidden": torch.relu(m.fc(x)).mean()})
+
+
+def _set(log, h, value):
+    log["hidden"] = value
+
+
+LOG_MISTAKES = [
+    (lambda log, h: _set(log, h, h.mean()), ["after call 1 (train mode), `hidden` is a tensor attached to the autograd "
+                                             "graph", "let go of the graph"]),
+    (lambda log, h: None, ["after call 1 (train mode), the log has no `hidden`", "it holds nothing"]),
+    (lambda log, h: _set(log, h, None), ["`hidden` is None: nothing sets it"]),
+    (lambda log, h: _set(log, h, h.detach().mean(0)), ["`hidden` has shape [3]; the log keeps one number per name"]),
+    (lambda log, h: _set(log, h, [h.mean().item()]), ["`hidden` is a list, not a number"]),
+    (lambda log, h: log.setdefault("hidden", h.mean().item()), ["after call 2 (train mode)",
+                                                                "still holds the previous call's value"]),
+    (lambda log, h: _set(log, h, h.sum().item()), ["after call 1 (train mode), `hidden` is"]),
+]
+
+
+@pytest.mark.parametrize("keep, fragments", LOG_MISTAKES,
+                         ids=["graph", "missing", "none", "shape", "list", "stale", "wrong value"])
+def test_each_log_mistake_is_named(keep, fragments, capsys):
+    rejected(_log_check(keep), *fragments)
+    assert capsys.readouterr().err == ""
+
+
+def test_a_value_of_another_name_is_named():
+    def swapped(log, h):
+        log["first"], log["second"] = h[:, 1].mean().item(), h[:, 0].mean().item()
+
+    rejected(lambda: check_log(lambda: Logged(swapped), (4, 5), lambda m: m.log,
+                               lambda m, x: {"first": torch.relu(m.fc(x))[:, 0].mean(),
+                                             "second": torch.relu(m.fc(x))[:, 1].mean()}),
+             "`first` is", "it holds what `second` should hold")
+
+
+@pytest.mark.parametrize("keep", [lambda log, h: _set(log, h, h.mean().item()),
+                                  lambda log, h: _set(log, h, h.detach().mean()),
+                                  lambda log, h: _set(log, h, h.detach().double().mean().reshape(1))],
+                         ids=["float", "detached tensor", "float64 one-element tensor"])
+def test_a_log_of_numbers_or_detached_tensors_passes(keep, capsys):
+    _log_check(keep)()
+    assert "✓ training log: `hidden` holds each call's value (train and eval mode)" in capsys.readouterr().out
+
+
+# --- check_predict and check_same_function: what must stay as it was --------------------------------------
+
+def test_a_prediction_that_leaves_autograd_off_is_named_and_autograd_is_back_on():
+    def switches_off(model, sample):
+        model.eval()
+        torch.set_grad_enabled(False)
+        return model(sample.unsqueeze(0))[0]
+
+    rejected(lambda: check_predict(switches_off, _scorer, example=(4, 6)), "switches_off left autograd switched off",
+             "training after it raises or learns nothing")
+    assert torch.is_grad_enabled()
+
+
+def test_a_conversion_that_changes_its_input_is_named(nb):
+    def in_place(state_dict):
+        for key in list(state_dict):
+            state_dict["copy." + key] = state_dict.pop(key)
+        return {k.removeprefix("copy."): v for k, v in state_dict.items()}
+
+    def scaled(state_dict):
+        for tensor in state_dict.values():
+            tensor.mul_(1)  # touches every tensor in place, and changes none
+        state_dict["encoder.0.weight"].mul_(2)
+        return {k.replace("classifier.", "heads.sentiment."): v for k, v in state_dict.items()}
+
+    rejected(lambda: check_same_function(lambda: nb["SentimentV2"](3, 4, 2), lambda: nb["SentimentV2"](3, 4, 2),
+                                         example=(2, 3), convert=in_place),
+             "in_place(SentimentV2's state_dict) changed the checkpoint it was given",
+             "`backbone.1.weight` was removed from it", "build a new dict")
+    rejected(lambda: check_same_function(lambda: nb["SentimentV2"](3, 4, 2), lambda: nb["SentimentV1"](3, 4, 2),
+                                         example=(2, 3), convert=scaled),
+             "`encoder.0.weight` was changed in place")
+
+
+# --- check_counter: the hints fit what is counted (issue 16) ---------------------------------------------------
+
+def _shared_norm():
+    norm = nn.BatchNorm1d(3)
+    return nn.Sequential(nn.Linear(2, 3), norm, norm)
+
+
+def _plain_norm():
+    return nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3))
+
+
+@pytest.mark.parametrize("counts, model, counter, fragments, absent", [
+    ("buffer elements", _shared_norm, lambda m: sum(b.numel() for b in m.buffers()) + 1,
+     ["returned 8, but torch counts 7 buffer elements", "print([(n, tuple(t.shape)) for n, t in model.named_buffers()])"],
+     ["named_parameters", "count parameters()"]),
+    ("buffer elements", _shared_norm, lambda m: sum(b.numel() for _, b in m.named_buffers(remove_duplicate=False)),
+     ["returned 14, but torch counts 7", "`1` and `2` are one nn.BatchNorm1d (7 buffer elements) registered under 2 names",
+      "buffers() yields each tensor once"], ["parameters() yields"]),
+    ("state_dict elements", _shared_norm, lambda m: sum(p.numel() for p in m.parameters()),
+     ["returned 15, but torch counts 35 state_dict elements", "model.state_dict().items()"],
+     ["named_parameters", "count parameters()"]),
+    ("trainable parameters", _plain_norm, lambda m: sum(t.numel() for t in m.state_dict().values()),
+     ["the model has 7 buffer elements", "count parameters(), not state_dict()"], []),
+], ids=["buffers: listing", "buffers: shared module", "state_dict: listing", "parameters: buffers counted"])
+def test_counting_hints_name_the_listing_of_what_is_counted(counts, model, counter, fragments, absent):
+    message = rejected(lambda: check_counter(counter, [model], counts=counts), *fragments)
+    for fragment in absent:
+        assert fragment not in message, message
+
+
+def test_a_repeat_is_named_only_where_it_explains_the_count(nb):
+    message = rejected(lambda: check_counter(lambda m: 12, [lambda: nb["SharedStack"](20, 16, 4, depth=3)]),
+                       "returned 12, but torch counts 772")
+    assert "registered under 3 names" not in message and "  - " not in message
+
+
+def test_a_count_that_is_not_a_number_is_rejected():
+    class EqualsEverything(int):
+        def __eq__(self, other):
+            return True
+
+        __hash__ = int.__hash__
+
+    rejected(lambda: check_counter(lambda m: torch.tensor(6), [nn.Linear(2, 2)]), "returned tensor(6)", "as an int")
+    rejected(lambda: check_counter(lambda m: EqualsEverything(5), [nn.Linear(2, 2)]), "returned 5, but torch counts 6")
+
+
+# --- a model that keeps a graph cannot be copied: the student's error, not the grader's -----------------------
+
+def test_a_model_that_keeps_a_graph_is_rejected_not_a_grader_error():
+    class KeepsGraph(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 2)
+            self.last = {}
+
+        def forward(self, x):
+            out = self.fc(x)
+            self.last["out"] = out
+            return out
+
+    model = KeepsGraph()
+    model(torch.randn(2, 3))
+    rejected(lambda: check_model(model, example=(2, 3)), "building the model raised RuntimeError",
+             "support the deepcopy protocol", "still attached to an autograd graph", "must let go of the graph")
+
+    def fresh():  # a factory: the check's own copy (device transfer) meets the graph that the hook kept
+        built = KeepsGraph()
+        keep = built.last
+        built.fc.register_forward_hook(lambda module, args, output: keep.update(hooked=output))
+        return built
+
+    from grader import check_device_transfer
+
+    rejected(lambda: check_device_transfer(fresh, example=(2, 3)), "✗ check_device_transfer: the model cannot be copied",
+             "still attached to an autograd graph")
+
+
+def test_eval_randomness_without_dropout_modules_names_the_forward():
+    class Noisy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.fc(x) + torch.randn(2)
+
+    from grader import check_eval_behaviour
+
+    rejected(lambda: check_eval_behaviour(Noisy, example=(4, 3)), "two eval-mode calls",
+             "the model holds no nn.Dropout module: the randomness comes from a call in forward")

@@ -3,11 +3,22 @@
 Everything here describes a model; nothing here decides a grade.
 """
 
+import linecache
+import os
+import sysconfig
 from collections import Counter
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+# Code that is not the student's: the grader, torch and Python's own library. Frames elsewhere in a
+# traceback are the student's (or a test cell's, which calls the student's code).
+_NOT_STUDENT = tuple(sorted({os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,
+                             os.path.dirname(os.path.abspath(torch.__file__)) + os.sep,
+                             *(os.path.realpath(sysconfig.get_paths()[k]) + os.sep
+                               for k in ("stdlib", "platstdlib", "purelib", "platlib")),
+                             *(sysconfig.get_paths()[k] + os.sep for k in ("stdlib", "platstdlib", "purelib", "platlib"))}))
 
 # Attributes every nn.Module has in its __dict__ (the registries, hook dicts, flags).
 _MODULE_INTERNALS = frozenset(vars(nn.Module()))
@@ -153,6 +164,13 @@ def empty_slots(model: nn.Module) -> list[str]:
             if value is None and attr not in _MODULE_INTERNALS]
 
 
+def dotted_children(model: nn.Module) -> list[str]:
+    """Modules registered under a name with a dot: `setattr(model, "body.0", layer)` adds a new child called
+    "body.0" (one that forward never calls) instead of replacing `body[0]`."""
+    return [f"`{name}.{child}`" if name else f"`{child}`"
+            for name, module in model.named_modules() for child in module._modules if "." in child]
+
+
 def frozen_parameters(model: nn.Module) -> list[tuple[str, int]]:
     return [(name, p.numel()) for name, p in model.named_parameters() if not p.requires_grad]
 
@@ -203,14 +221,26 @@ _KNOWN_ERRORS = [
      "a tensor did not follow .to(dtype): a plain tensor attribute, or a tensor created inside forward without dtype=x.dtype"),
     ("same dtype",
      "a tensor did not follow .to(dtype): a plain tensor attribute, or a tensor created inside forward without dtype=x.dtype"),
+    ("Cannot copy out of meta tensor",
+     "the model's tensors are on the meta device, which holds shapes but no data, so .to() has nothing to copy: "
+     "model.to_empty(device=...) allocates the memory, then each layer's reset_parameters() initialises it"),
+    ("Tensor on device meta",
+     "a tensor on the meta device (shapes, no data) took part in the computation: the model, or part of it, was "
+     "never materialised (to_empty, or load_state_dict(..., assign=True))"),
     ("is not on the expected device",
      "a tensor did not follow .to(device): a plain tensor attribute, or a tensor created inside forward without device=x.device"),
     ("Expected all tensors to be on the same device",
      "a tensor did not follow .to(device): a plain tensor attribute, or a tensor created inside forward without device=x.device"),
+    ("as child module",
+     "that attribute holds a registered module, so torch accepts only another nn.Module (or None) there: add to the "
+     "container you have (`container[key] = layer`, `.append(layer)`) instead of replacing it with a plain dict or list"),
     ("shapes cannot be multiplied",
      "two layers do not chain: one layer's out_features must equal the next one's in_features"),
     ("does not require grad and does not have a grad_fn",
      "the output is cut off from autograd (.detach(), .numpy(), .data or torch.no_grad() in forward)"),
+    ("support the deepcopy protocol",
+     "the model keeps a tensor that is still attached to an autograd graph (a log, a statistic, a cache), and "
+     "copy.deepcopy refuses it: a value a module keeps between calls must let go of the graph (.item() or .detach())"),
     ("modified by an inplace operation",
      "a tensor autograd still needs was changed in place (an `x += ...`, `x[...] = ...` or a method ending in `_`): use the out-of-place form"),
 ]
@@ -218,15 +248,40 @@ _KNOWN_ERRORS = [
 
 def explain_error(error: BaseException) -> str:
     """One sentence on what a torch error means for the student's code."""
-    if isinstance(error, NotImplementedError):
-        return "the answer cell still runs the stub's `raise NotImplementedError(...)`: replace that line with your code"
     text = str(error)
     for fragment, meaning in _KNOWN_ERRORS:
         if fragment in text:
             return meaning
-    return "read the error above and the line of your code it points to"
+    if isinstance(error, NotImplementedError):  # after the known errors: torch raises some NotImplementedErrors too
+        return "the answer cell still runs the stub's `raise NotImplementedError(...)`: replace that line with your code"
+    return "read the error message: the line of your code named in it is where the error came from"
 
 
 def describe_error(error: BaseException) -> str:
-    first_line = (str(error).strip().splitlines() or [""])[0]
-    return f"{type(error).__name__}: {first_line}" if first_line else type(error).__name__
+    """"ValueError: the message's first line (in `forward`, line 3: `x = self.fc(x)`)"."""
+    first_line = (str(error).strip().splitlines() or [""])[0].split(" Hint: enable anomaly detection")[0]
+    text = f"{type(error).__name__}: {first_line}" if first_line else type(error).__name__
+    return text + student_line(error)
+
+
+def student_line(error: BaseException) -> str:
+    """Where the student's code was when `error` was raised: the innermost frame outside the grader, torch and
+    Python's library, as " (in `forward`, line 3: `x = self.fc(x)`)"; "" when there is none."""
+    try:
+        tb, frames = error.__traceback__, []
+        while tb is not None:
+            code = tb.tb_frame.f_code
+            name = code.co_filename
+            if not name.startswith(_NOT_STUDENT) and not name.startswith("<frozen"):
+                frames.append((code.co_name, name, tb.tb_lineno))
+            tb = tb.tb_next
+    except (ValueError, RuntimeError):  # frames refused (the grader's re-run guards them)
+        return ""
+    if not frames:
+        return ""
+    # the innermost frame; for endless recursion, the line that keeps calling (the innermost one is arbitrary)
+    found = Counter(frames).most_common(1)[0][0] if isinstance(error, RecursionError) else frames[-1]
+    function, filename, lineno = found
+    where = "your cell" if function == "<module>" else f"`{function}`"
+    line = linecache.getline(filename, lineno).strip()
+    return f" (in {where}, line {lineno}" + (f": `{line[:80]}`)" if line else ")")

@@ -1,4 +1,4 @@
-"""Checks on hook utilities that students write, and on models that use hooks.
+"""Checks on hook utilities that students write (unit 05), and the helpers the other hook checks share.
 
 Each check builds the model itself, runs the student's code on it, and compares with what torch
 reports when the check asks it directly: outputs captured by the check's own hooks, ``.grad``
@@ -8,14 +8,10 @@ raises CheckFailed with a diagnosis.
 * ``check_records_activations(recorder, model, example)``: ``with recorder(model) as acts:`` records
   every leaf module's latest output, in firing order, and removes its hooks on exit, even on errors.
 * ``check_grad_norms(watch, model, example)``: ``norms, handles = watch(model)``; every backward
-  appends each trainable parameter's gradient norm; removing the handles stops it.
-* ``check_pre_hook_validates(make_hook, model, features, example)``: the pre-hook ``make_hook(features)``
-  passes good inputs through unchanged and rejects bad ones before forward runs.
-* ``check_finds_first_nonfinite(find, model, example)``: ``find(model, *inputs)`` names the first module
-  whose output holds NaN or Inf (the check plants one at several places), or returns None.
-* ``check_no_hook_leak(model, example)``: calling the model does not add hooks.
-* ``check_keeps_output(model, example, attribute, module)``: after each call, ``model.<attribute>``
-  holds the output of submodule ``module``.
+  appends each trainable parameter's gradient norm, as a Python float; removing the handles stops it.
+
+hook_guards holds the checks on a validating pre-hook and on a NaN hunter; hooked_models the checks on
+models that use hooks (no leak, a kept output).
 """
 
 import copy
@@ -25,7 +21,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
-from .runner import LEAK_HINT, LEAK_PROBLEM, _build, _check, _inputs, _loss, _outputs, hook_counts, hook_leaks
+from .runner import _build, _check, _inputs, _loss, _outputs, hook_counts
 from .diagnose import describe_error, explain_error, type_name
 from .report import CheckFailed, fail, plural
 
@@ -193,9 +189,15 @@ def _compare_records(title, where, name, model, acts, truth, truth_first):
         else:
             details.append(f"recorded {n!r}, which is not a name from model.named_modules()")
     if details:
+        hint = ("a leaf module has no children (next(module.children(), None) is None); record every one, with or "
+                "without parameters, under its name from named_modules()")
+        registered = [n for n in modules if n in truth]
+        if len(truth) > 1 and list(acts) == registered[-1:]:
+            hint = ("acts holds only the last leaf's name: a hook made in a loop (a lambda or a def) that reads the "
+                    "loop variable sees its last value when it runs; bind it now: lambda module, args, output, "
+                    "name=name: ..., or functools.partial(keep, name)")
         fail(title, f"acts holds {plural(len(acts), 'record')}; the model has {plural(len(truth), 'leaf module')}",
-             details, hint="a leaf module has no children (next(module.children(), None) is None); record every "
-                           "one, with or without parameters, under its name from named_modules()", devices=where)
+             details, hint=hint, devices=where)
     order, fired = list(acts), list(truth)
     if order != fired:
         fail(title, "the records are not in the order the modules ran",
@@ -264,7 +266,7 @@ def check_grad_norms(watch: Callable, model, example, *, steps: int = 3, device)
         history.append(truth)
         _compare_norms(title, where, name, norms, history, names)
     _backward(title, where, m, inputs, "a step after removing the handles", before_remove=handles)
-    grew = [n for n in norms if len(norms[n]) > steps]
+    grew = [n for n, v in norms.items() if isinstance(v, list) and len(v) > steps]
     left = _leftovers(before, hook_counts(m))
     if grew or left:
         fail(title, f"after handle.remove() on every handle {name} returned, its hooks still run",
@@ -288,12 +290,21 @@ def _backward(title, where, model, inputs, label, before_remove=None):
                 "after it (such as nn.ReLU(inplace=True)) may not change: hook the parameters instead "
                 "(p.register_hook)" if "BackwardHookFunction" in str(error) else
                 "the error comes from a hook (yours run inside backward): " + explain_error(error))
+        if isinstance(error, AttributeError) and "'NoneType'" in str(error):
+            hint = ("the error comes from a hook (yours run inside backward). If it reads p.grad: a tensor hook "
+                    "(p.register_hook) runs before p.grad is set, so use the gradient it receives as its argument, "
+                    "or p.register_post_accumulate_grad_hook, which runs once p.grad is set")
         fail(title, f"{label} raised {describe_error(error)}", hint=hint, devices=where)
 
 
 def _compare_norms(title, where, name, norms, history, names):
     """``history``: one {name: norm of .grad} per backward so far, for the parameters that got a gradient."""
     __tracebackhide__ = True
+    for n, value in norms.items():
+        if not isinstance(value, list):
+            fail(title, f"norms[{n!r}] is {type(value).__name__}, not a list of norms",
+                 hint="give each parameter an empty list and append one norm per backward (norms[name].append(...)): "
+                      "assigning norms[name] = ... keeps only the latest", devices=where)
     k, trainable = len(history), list(history[0])
     missing = [n for n in trainable if n not in norms or len(norms[n]) == 0]
     extra = [n for n in norms if n not in trainable and (n not in names or len(norms[n]))]  # frozen: empty is fine
@@ -313,11 +324,16 @@ def _compare_norms(title, where, name, norms, history, names):
         if len(entries) != k:
             fail(title, f"after {plural(k, 'backward')}, norms[{n!r}] has {plural(len(entries), 'entry', 'entries')}",
                  hint="one hook per parameter, appending one norm per backward", devices=where)
-        try:
-            got = [float(v) for v in entries]
-        except (TypeError, ValueError, RuntimeError):
-            fail(title, f"norms[{n!r}] holds {type(entries[0]).__name__}, not numbers",
-                 hint="append grad.norm().item(), a Python float", devices=where)
+        odd = [v for v in entries if not isinstance(v, float)]
+        if odd:
+            attached = any(isinstance(v, torch.Tensor) and (v.requires_grad or v.grad_fn is not None) for v in odd)
+            kind = "torch.Tensor" if isinstance(odd[0], torch.Tensor) else type(odd[0]).__name__
+            fail(title, f"norms[{n!r}] holds {kind} values, not Python floats"
+                        + (", attached to the autograd graph" if attached else ""),
+                 hint="append grad.norm().item(): .item() turns a one-element tensor into a Python float. A tensor kept "
+                      "in a list holds its memory (on the GPU too)" + (", and one attached to the graph holds the whole "
+                      "graph of its backward" if attached else ""), devices=where)
+        got = list(entries)
         want = [h[n] for h in history]
         close = functools.partial(torch.allclose, **NORMS)
         if close(torch.tensor(got, dtype=torch.float64), torch.tensor(want, dtype=torch.float64)):
@@ -332,207 +348,3 @@ def _compare_norms(title, where, name, norms, history, names):
 
 def _few(values) -> str:
     return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
-
-
-# --- validating inputs with a pre-hook ------------------------------------------------------------
-
-@_check("input-validating pre-hook")
-def check_pre_hook_validates(make_hook: Callable, model, features: int, example, *, device):
-    """``make_hook(features)`` is a forward pre-hook: registered on the model, it leaves valid inputs alone,
-    raises ValueError naming both sizes when the last dimension is not ``features``, and TypeError when the
-    input is not a floating-point tensor; in both cases before forward runs."""
-    __tracebackhide__ = True
-    title, where = "input-validating pre-hook", str(device)
-    name = _name(make_hook, "make_hook")
-    m = _build(model, device, title).eval()
-    try:
-        hook = make_hook(features)
-    except Exception as error:  # the student's function: report any failure
-        fail(title, f"{name}({features}) raised {describe_error(error)}", hint=explain_error(error), devices=where)
-    if not callable(hook):
-        fail(title, f"{name}({features}) returned {type(hook).__name__}, not a hook",
-             hint="define the hook inside and return it: def hook(module, args): ...", devices=where)
-    good = _inputs(example, device)
-    if not good or not isinstance(good[0], torch.Tensor) or good[0].shape[-1] != features:
-        raise ValueError(f"the example's last dimension must be {features}")
-    with torch.no_grad():
-        truth = _outputs(copy.deepcopy(m)(*good))
-    ran = []
-    m.register_forward_pre_hook(hook)
-    m.register_forward_pre_hook(lambda module, args: ran.append(True))  # runs after the student's hook
-    shape = list(good[0].shape)
-    try:
-        with torch.no_grad():
-            out = _outputs(m(*good))
-    except Exception as error:  # the student's hook on a valid input
-        fail(title, f"a valid input of shape {shape} raised {describe_error(error)}",
-             hint="raise only for a wrong last dimension or a tensor that is not floating point", devices=where)
-    if out.shape != truth.shape or not torch.allclose(out, truth, **SAME):
-        fail(title, f"with the hook, the model's output for a valid input of shape {shape} changed",
-             hint="a pre-hook that only checks returns None: whatever it returns replaces the input", devices=where)
-
-    x = good[0]
-    cases = [(x.new_zeros(*x.shape[:-1], size), size, ValueError) for size in sorted({features + 1, max(1, features - 1)})
-             if size != features]
-    cases.append((torch.ones(x.shape, dtype=torch.long, device=x.device), None, TypeError))
-    for bad, size, wanted in cases:
-        what = (f"an input of shape {list(bad.shape)} ({size} features, not {features})" if size else
-                f"an input of dtype {bad.dtype}")
-        ran.clear()
-        try:
-            with torch.no_grad():
-                m(bad, *good[1:])
-        except wanted as error:
-            message = str(error)
-            if size and not (str(size) in message and str(features) in message):
-                fail(title, f"for {what}, the ValueError says {message!r}",
-                     hint=f"name both sizes in the message, e.g. 'expected {features} input features, got {size}'",
-                     devices=where)
-        except Exception as error:
-            fail(title, f"for {what}, the model raised {describe_error(error)}, not {wanted.__name__}",
-                 hint=_validation_hint(wanted, features, ran), devices=where)
-        else:
-            fail(title, f"{what} went through without an error",
-                 hint=_validation_hint(wanted, features, ran), devices=where)
-        if ran:
-            fail(title, f"for {what}, the {wanted.__name__} came from forward, not from your hook",
-                 hint=_validation_hint(wanted, features, ran), devices=where)
-    return "passes valid inputs unchanged; rejects wrong sizes (ValueError) and dtypes (TypeError)", len(cases)
-
-
-def _validation_hint(wanted, features, ran) -> str:
-    if wanted is TypeError:
-        return ("check the dtype first: raise TypeError unless isinstance(x, torch.Tensor) and x.is_floating_point()"
-                + ("; your hook let it through, so forward ran and failed on its own" if ran else ""))
-    return (f"compare x.shape[-1] (the last dimension, whatever the number of dimensions) with {features} and "
-            "raise ValueError naming both" + ("; your hook let it through, so forward ran" if ran else ""))
-
-
-# --- finding the first non-finite output --------------------------------------------------------------
-
-@_check("first non-finite module")
-def check_finds_first_nonfinite(find: Callable, model, example, *, device):
-    """``find(model, *inputs)`` returns the name of the first module (in the order forward hooks fire) whose
-    output holds NaN or Inf, or None when every output is finite; it leaves no hook behind.
-
-    The check plants a NaN or an Inf in the output of several modules in turn, the model itself included."""
-    __tracebackhide__ = True
-    title, where = "first non-finite module", str(device)
-    name = _name(find, "find")
-    inputs = _inputs(example, device)
-    order = list(_firing(_build(model, device, title).eval(), inputs))
-    cases = [(None, None)]
-    picks = [order[0], order[(len(order) - 1) // 2], order[-2] if len(order) > 1 else order[-1], order[-1]]
-    for i, target in enumerate(dict.fromkeys(picks)):
-        cases.append((target, float("nan") if i % 2 == 0 else float("inf")))
-    for target, value in cases:
-        m = _build(model, device, title).eval()
-        if target is not None:
-            _plant(m.get_submodule(target), value)
-        before = hook_counts(m)
-        try:
-            got = find(m, *inputs)
-        except Exception as error:  # the student's function: report any failure
-            fail(title, f"{name}(model, x) raised {describe_error(error)}", hint=explain_error(error), devices=where)
-        left = _leftovers(before, hook_counts(m))
-        if left:
-            fail(title, f"{name} leaves hooks on the model", left,
-                 hint="remove every handle before returning, in a finally: block", devices=where)
-        if got != target:
-            _wrong_module(title, where, name, m, order, target, value, got)
-    planted = len(cases) - 1
-    return (f"names the first of {len(order)} modules to output NaN or Inf ({planted} planted), None when all is "
-            "finite, no hook left"), planted
-
-
-def _plant(module: nn.Module, value: float):
-    """Make ``module`` output ``value`` in its first element (the module's hooks see it, like any output)."""
-    forward = module.forward
-
-    def poisoned(*args, **kwargs):
-        output = forward(*args, **kwargs).clone()
-        output.view(-1)[0] = value
-        return output
-
-    module.forward = poisoned
-
-
-def _wrong_module(title, where, name, model, order, target, value, got):
-    __tracebackhide__ = True
-    bad = "NaN" if value != value else "Inf" if value is not None else None
-    if target is None:
-        fail(title, f"every output is finite, but {name} returned {got!r}",
-             hint="return None when no module outputs NaN or Inf", devices=where)
-    label = f"{_module(target)} ({type_name(model.get_submodule(target))})"
-    if isinstance(got, nn.Module):
-        fail(title, f"{name} returned a module ({type_name(got)}), not its name",
-             hint="return the name from model.named_modules(), such as '0' or 'block.fc'", devices=where)
-    if got is None:
-        hint = ("look for Inf as well as NaN: torch.isfinite(output).all() is False for both"
-                if bad == "Inf" else "hook every module of model.named_modules()")
-        if target == "":
-            hint = ("the model's own forward produced it, after all its children: hook every module of "
-                    "model.named_modules(), the model itself (name '') included")
-        fail(title, f"{name} found nothing, but {label} outputs {bad}", hint=hint, devices=where)
-    if got in order and order.index(got) > order.index(target):
-        fail(title, f"{name} returned {got!r}, but {label} output {bad} first; later modules only inherit it",
-             [f"forward hooks fired in this order: {order}"],
-             hint="keep the first module whose output is not finite and ignore the rest (if first is None: ...)"
-                  + ("; and test with torch.isfinite: torch.isnan misses Inf" if bad == "Inf" else ""),
-             devices=where)
-    fail(title, f"{name} returned {got!r}, but the first module to output {bad} is {label}",
-         hint="test each module's output in a forward hook with torch.isfinite(output).all()", devices=where)
-
-
-# --- models that use hooks ----------------------------------------------------------------------------
-
-@_check("no hook leak")
-def check_no_hook_leak(model, example, *, calls: int = 3, device):
-    """Calling the model ``calls`` times adds no hook anywhere in its tree."""
-    __tracebackhide__ = True
-    title, where = "no hook leak", str(device)
-    m = _build(model, device, title)
-    inputs = _inputs(example, device)
-    start = hook_counts(m)
-    _calls_model(title, where, m, inputs)
-    leaks = hook_leaks(m, lambda: m(*inputs), start, hook_counts(m), calls=calls)
-    left = _leftovers(start, hook_counts(m))
-    if leaks:
-        fail(title, LEAK_PROBLEM, leaks, hint=LEAK_HINT, devices=where)
-    total = sum(n for (w, _, _), n in hook_counts(m).items() if w != "*")
-    summary = f"{plural(calls, 'call')} add no hook ({total} registered)"
-    if left:
-        summary = f"its hooks are registered on the first call only ({plural(calls, 'call')})"
-    return summary, total
-
-
-@_check("kept output")
-def check_keeps_output(model, example, attribute: str, module: str, *, device):
-    """After each call, ``model.<attribute>`` holds the output of the submodule named ``module`` in that call."""
-    __tracebackhide__ = True
-    title, where = "kept output", str(device)
-    m = _build(model, device, title).eval()
-    try:
-        target = m.get_submodule(module)
-    except AttributeError:
-        raise ValueError(f"the model has no submodule {module!r}") from None
-    inputs = _inputs(example, device)
-    for k, batch in enumerate((inputs, _other(inputs)), start=1):
-        seen = []
-        handle = target.register_forward_hook(lambda mod, args, output: seen.append(_outputs(output)))
-        try:
-            _calls_model(title, where, m, batch, f"(call {k})")
-        finally:
-            handle.remove()
-        if not seen:
-            raise ValueError(f"submodule {module!r} does not run in forward")
-        kept = getattr(m, attribute, None)
-        if not isinstance(kept, torch.Tensor):
-            fail(title, f"after call {k}, model.{attribute} is {type(kept).__name__}, not the output of `{module}`",
-                 hint=f"store the output of `{module}` in self.{attribute} on every call (a forward hook registered "
-                      "once in __init__ can do it)", devices=where)
-        got = _outputs(kept)
-        if got.shape != seen[-1].shape or not torch.allclose(got, seen[-1], **SAME):
-            fail(title, f"after call {k}, model.{attribute} does not hold that call's output of `{module}`",
-                 hint=f"store it on every call: self.{attribute} = output.detach()", devices=where)
-    return f"model.{attribute} holds each call's output of `{module}`", seen[-1]

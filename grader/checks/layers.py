@@ -11,12 +11,13 @@ always torch, or the test cell.
 import copy
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from .runner import SEED, _build, _check, _inputs, _loss
-from .diagnose import describe_error, explain_error, find_hidden, type_name
-from .report import fail, plural, quiet, verdict
+from .batchnorm_mistakes import eval_suspects, gradient_suspects, output_suspects, state_hint, state_suspects
+from .diagnose import describe_error, explain_error, find_hidden, student_line, type_name
+from .report import GraderError, fail, own_errors, plural, quiet, verdict
 
 # Loose enough for a student's formula against torch's fused kernels in float32, tight enough
 # for every mistake below: N vs N - 1 is 1/N apart, a wrong momentum is far apart.
@@ -95,12 +96,19 @@ def _describe(t: torch.Tensor) -> str:
 
 
 def _graph_problems(model: nn.Module) -> list[str]:
-    return [f"buffer `{name}` requires grad: it carries an autograd graph from the last forward"
+    return [f"buffer `{name}` requires grad: it is part of an autograd graph"
             for name, b in model.named_buffers() if b.requires_grad]
 
 
-_GRAPH_HINT = ("update buffers under torch.no_grad() (or from .detach()ed values): a buffer is state, "
-               "and a graph kept in it grows at every step")
+def _shared_with_parameters(model: nn.Module) -> list[str]:
+    """Buffers whose memory is a parameter's (registered as `p` or `p.detach()` instead of a copy)."""
+    owners = {p.untyped_storage().data_ptr(): name for name, p in model.named_parameters() if p.numel()}
+    return [f"buffer `{name}` is the memory of parameter `{owners[b.untyped_storage().data_ptr()]}`"
+            for name, b in model.named_buffers() if b.numel() and b.untyped_storage().data_ptr() in owners]
+
+
+_GRAPH_HINT = ("fill and update buffers with values cut from autograd: under torch.no_grad(), or from .detach()ed "
+               "tensors (.detach().clone() for a copy); a buffer is state, and a graph kept in it grows at every step")
 
 
 @_check("parameters and buffers")
@@ -115,6 +123,11 @@ def check_roles(model, *, parameters=(), buffers=(), non_persistent=(), device):
     details, hint = _role_problems(m, expected, "the exercise")
     if details:
         fail(title, f"{plural(len(details), 'difference')} from what the exercise asks", details, hint=hint, devices=where)
+    shared = _shared_with_parameters(m)
+    if shared:
+        fail(title, "a buffer shares its memory with a parameter, so it changes whenever the parameter does", shared,
+             hint="register a copy of the value: tensor.detach().clone() (detach() alone keeps the same memory)",
+             devices=where)
     graphs = _graph_problems(m)
     if graphs:
         fail(title, "a buffer holds an autograd graph", graphs, hint=_GRAPH_HINT, devices=where)
@@ -138,17 +151,25 @@ def _close(yours: torch.Tensor, truth: torch.Tensor) -> bool:
     return torch.allclose(a, b, rtol=TOLERANCE["rtol"], atol=TOLERANCE["atol"] * scale, equal_nan=True)
 
 
-def _values(t: torch.Tensor, n: int = 4) -> str:
+def _values(t: torch.Tensor, n: int = 4, start: int = 0) -> str:
     flat = t.detach().double().flatten().cpu()
-    shown = ", ".join(f"{v:.4f}" if t.is_floating_point() else f"{int(v)}" for v in flat[:n].tolist())
-    return f"[{shown}{', ...' if flat.numel() > n else ''}]" if t.dim() else shown
+    shown = ", ".join(f"{v:.4f}" if t.is_floating_point() else f"{int(v)}" for v in flat[start:start + n].tolist())
+    before = "..., " if start else ""
+    return f"[{before}{shown}{', ...' if flat.numel() > start + n else ''}]" if t.dim() else shown
 
 
-def _side_by_side(yours: torch.Tensor, truth: torch.Tensor, theirs: str = "torch") -> list[str]:
-    lines = [f"yours: {_values(yours)}", f"{theirs}: {_values(truth)}"]
+def _side_by_side(yours: torch.Tensor, truth: torch.Tensor, theirs: str = "torch", n: int = 4) -> list[str]:
+    """Yours above theirs, from the largest gap on (so two rows that look alike still show where they differ)."""
+    start = 0
     if yours.shape == truth.shape and yours.numel():
-        gap = (yours.detach().double().cpu() - truth.detach().double().cpu()).abs().max().item()
-        lines[-1] += f" (largest gap {gap:.3g})"
+        diff = (yours.detach().double().cpu() - truth.detach().double().cpu()).abs().flatten()
+        diff = torch.nan_to_num(diff, nan=float("inf"))
+        worst = int(diff.argmax())
+        start = worst if worst >= n else 0
+    lines = [f"yours: {_values(yours, n, start)}", f"{theirs}: {_values(truth, n, start)}"]
+    if yours.shape == truth.shape and yours.numel():
+        at = [int(i) for i in torch.unravel_index(torch.tensor(worst), yours.shape)] if yours.dim() else []
+        lines[-1] += f" (largest gap {diff.max().item():.3g}" + (f" at {at})" if at else ")")
     elif yours.shape != truth.shape:
         lines[-1] += f" (shapes {list(yours.shape)} vs {list(truth.shape)})"
     return lines
@@ -161,10 +182,32 @@ def _first_match(yours: torch.Tensor, suspects) -> str | None:
     return None
 
 
-def check_tensors(yours: dict, expected: dict, title: str = "tensors", *, source: str = "torch"):
-    """Each tensor in ``yours`` matches the tensor of the same name in ``expected`` (computed by the test cell)."""
+def _closest_match(yours: torch.Tensor, truth: torch.Tensor, suspects) -> str | None:
+    """The hint of the suspect nearest to yours, if it is within tolerance and far nearer than the truth (where
+    two mistakes give nearly the same numbers, the nearest one names it); else None: right or silent."""
+    def gap(value):
+        return (yours.detach().double().cpu() - value.detach().double().cpu()).abs().max().item()
+
+    near = [(gap(value), hint) for hint, value in suspects if value is not None and _close(yours, value)]
+    if not near:
+        return None
+    best, hint = min(near, key=lambda pair: pair[0])
+    return hint if best * 10 < gap(truth) else None
+
+
+def check_tensors(yours, expected: dict | None = None, title: str = "tensors", *, source: str = "torch"):
+    """Each tensor in ``yours`` matches the tensor of the same name in ``expected`` (computed by the test cell).
+
+    ``yours`` may be a zero-argument function that runs the student's code and returns that dict, or the pair
+    (yours, expected) when both come from one run (leave ``expected`` out then). It is called inside the check,
+    so an error in the student's code, such as a stub's NotImplementedError, is explained rather than raised.
+    """
     __tracebackhide__ = True
-    with quiet():
+    with quiet(), own_errors("check_tensors"):
+        if callable(yours):
+            yours = _run(yours, title)
+            if expected is None:
+                yours, expected = yours
         missing = [n for n in expected if n not in yours]
         extra = [n for n in yours if n not in expected]
         if missing or extra:
@@ -183,6 +226,17 @@ def check_tensors(yours: dict, expected: dict, title: str = "tensors", *, source
                 fail(title, f"`{name}` differs from {source}", _side_by_side(got, truth, source),
                      hint="compare your update with the formula in the exercise, one step at a time")
     verdict(title, f"{plural(len(expected), 'tensor')} match {source}")
+
+
+def _run(code, title: str):
+    """code(): an error from the student's code is a verdict on it; any other is the grader's own."""
+    __tracebackhide__ = True
+    try:
+        return code()
+    except Exception as error:
+        if not student_line(error):
+            raise GraderError(title, error) from None
+        fail(title, f"running your code raised {describe_error(error)}", hint=explain_error(error))
 
 
 # --- a layer beside the torch layer it re-implements ------------------------------------------
@@ -235,6 +289,10 @@ def _side_by_side_run(build, reference, example, steps, title, device):
     torch.manual_seed(SEED + 4)
     ref_b = reference().to(device)
     yours = _build(build, device, title)
+    reused = _torch_layer_inside(yours, ref_a)
+    if reused:
+        fail(title, reused, hint=f"write the layer on nn.Module, from tensor operations: {type_name(ref_a)} would do "
+                                 "the very work the exercise asks of you", devices=where)
 
     expected = {name: (role, t) for name, (role, t) in _roles(ref_a).items()}
     details, hint = _role_problems(yours, expected, "torch")
@@ -264,7 +322,13 @@ def _side_by_side_run(build, reference, example, steps, title, device):
         x = _batch(example, step, device)
         before = {n: t.detach().clone() for n, t in ref_a.named_buffers()}
         x_yours, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
-        out = _call(yours, x_yours, title, where)
+        with _TorchCalls() as calls:
+            out = _call(yours, x_yours, title, where)
+        twin = _FUNCTIONAL_TWIN.get(next((c for c in type(ref_a).__mro__ if c in _FUNCTIONAL_TWIN), None))
+        if twin and twin in calls.names:
+            fail(title, f"your forward calls torch's own {twin} (F.{twin} or torch.{twin})",
+                 hint=f"compute it from tensor operations (mean, var, sqrt, ...): torch's {twin} would do the very "
+                      "work the exercise asks of you", devices=where)
         truth = ref_a(x_ref)
         context = f"train step {step}"
         if not isinstance(out, torch.Tensor) or out.shape != truth.shape:
@@ -272,7 +336,7 @@ def _side_by_side_run(build, reference, example, steps, title, device):
                  hint="return one tensor with the input's shape", devices=where)
         if not _close(out, truth):
             fail(title, f"at {context}, the output differs from torch", _side_by_side(out, truth),
-                 hint=_first_match(out, _output_suspects(ref_a, x, before)) or
+                 hint=_first_match(out, output_suspects(ref_a, x, before)) or
                  "compare your forward with torch's formula on this batch, one term at a time", devices=where)
         _compare_gradients(yours, ref_a, out, truth, x_yours, x_ref, context, title, where)
         _compare_state(yours, ref_a, x, before, context, title, where)
@@ -293,13 +357,41 @@ def _side_by_side_run(build, reference, example, steps, title, device):
     if not isinstance(out, torch.Tensor) or not _close(out, truth):
         shown = _side_by_side(out, truth) if isinstance(out, torch.Tensor) else [f"yours: {_shape_of(out)}"]
         fail(title, "in eval mode, the output differs from torch", shown,
-             hint=(_first_match(out, _eval_suspects(ref_a, x)) if isinstance(out, torch.Tensor) else None)
+             hint=(_first_match(out, eval_suspects(ref_a, x)) if isinstance(out, torch.Tensor) else None)
              or "compare your eval-mode branch with torch's", devices=where)
     n_params = len(list(ref_a.parameters()))
     n_buffers = len(list(ref_a.buffers()))
     summary = (f"outputs, gradients, {plural(n_params, 'parameter')} and {plural(n_buffers, 'buffer')} agree "
                f"over {plural(steps, 'train step')} and eval")
     return summary, out.detach().double().cpu()
+
+
+# The functional form of a torch layer, by the layer's class: calling it re-uses the layer instead of writing it.
+_FUNCTIONAL_TWIN = {nn.modules.batchnorm._BatchNorm: "batch_norm"}
+
+
+class _TorchCalls(TorchFunctionMode):
+    """The names of the torch functions called while inside (F.batch_norm shows as `batch_norm`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.names: set[str] = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.names.add(getattr(func, "__name__", ""))
+        return func(*args, **(kwargs or {}))
+
+
+def _torch_layer_inside(yours: nn.Module, ref: nn.Module) -> str | None:
+    """Where the student's layer is, or holds, the torch layer it should re-implement (a subclass, a child)."""
+    own = [c for c in type(ref).__mro__ if c.__module__.startswith("torch.nn") and c not in (nn.Module, object)]
+    for name, sub in yours.named_modules():
+        cls = next((c for c in own if isinstance(sub, c)), None)
+        if cls is not None:
+            who = "your layer" if not name else f"`{name}` in your layer"
+            what = f"is {type_name(sub)}" if type(sub) is cls else f"subclasses nn.{cls.__name__}"
+            return f"{who} {what}, torch's own layer: torch computes everything"
+    return None
 
 
 def _tensors_by_name(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -340,10 +432,7 @@ def _compare_gradients(yours, ref, out, truth, x_yours, x_ref, context, title, w
         if not _close(got, want):
             fail(title, f"at {context}, the outputs agree but the gradient of {label} differs",
                  _side_by_side(got, want),
-                 hint=("the batch mean and variance you normalise with must stay in the autograd graph: "
-                       "detach only what updates the running statistics"
-                       if isinstance(ref, nn.modules.batchnorm._BatchNorm) else
-                       "part of forward is cut from the graph: .detach(), .data or torch.no_grad()"),
+                 hint=_closest_match(got, want, gradient_suspects(ref, x_ref.detach(), label)) or _GRADIENT_HINT,
                  devices=where)
     for p in list(yours.parameters()) + list(ref.parameters()):
         p.grad = None
@@ -361,104 +450,11 @@ def _compare_state(yours, ref, x, before, context, title, where):
         got = mine[name]
         if _close(got, truth):
             continue
-        suspects = _state_suspects(ref, name, x, before)
+        suspects = state_suspects(ref, name, x, before)
         fail(title, f"after {context}, `{name}` differs from torch", _side_by_side(got, truth),
-             hint=_first_match(got, suspects) or _state_hint(ref, name), devices=where)
+             hint=_first_match(got, suspects) or state_hint(ref, name), devices=where)
 
 
-# --- BatchNorm: what torch would have computed under each likely mistake ----------------------
-
-def _is_batchnorm(module) -> bool:
-    return isinstance(module, nn.modules.batchnorm._BatchNorm)
-
-
-def _batch_stats(x: torch.Tensor):
-    dims = [0] + list(range(2, x.dim()))
-    return x.mean(dims), x.var(dims, correction=0), x.var(dims, correction=1)
-
-
-def _normalise(ref, x, mean, var, weight=None, bias=None, eps_outside=False):
-    shape = (1, -1) + (1,) * (x.dim() - 2)
-    if eps_outside:
-        y = (x - mean.view(shape)) / (var.view(shape).sqrt() + ref.eps)
-        return y if weight is None else y * weight.view(shape) + bias.view(shape)
-    return F.batch_norm(x, mean, var, weight, bias, training=False, eps=ref.eps)
-
-
-def _factor(ref, counted: int) -> float:
-    return 1.0 / counted if ref.momentum is None else ref.momentum
-
-
-def _output_suspects(ref, x, before):
-    if not _is_batchnorm(ref):
-        return []
-    mean, biased, unbiased = _batch_stats(x)
-    w, b = (ref.weight, ref.bias) if ref.affine else (None, None)
-    suspects = [
-        ("you normalise with the unbiased variance (divided by N - 1); in train mode torch normalises "
-         "with the biased one (divided by N)", _normalise(ref, x, mean, unbiased, w, b)),
-        ("in train mode torch normalises with the batch's own mean and variance; running_mean and "
-         "running_var are for eval mode", _normalise(ref, x, before.get("running_mean", mean),
-                                                     before.get("running_var", biased), w, b)),
-        ("eps goes inside the square root: torch divides by sqrt(var + eps)",
-         _normalise(ref, x, mean, biased, w, b, eps_outside=True)),
-    ]
-    if ref.affine:
-        suspects += [
-            ("weight and bias are not applied: torch returns x_hat * weight + bias", _normalise(ref, x, mean, biased)),
-            ("weight and bias are swapped: torch returns x_hat * weight + bias", _normalise(ref, x, mean, biased, b, w)),
-        ]
-    return suspects
-
-
-def _eval_suspects(ref, x):
-    if not _is_batchnorm(ref):
-        return []
-    mean, biased, unbiased = _batch_stats(x)
-    w, b = (ref.weight, ref.bias) if ref.affine else (None, None)
-    running = ("in eval mode torch normalises with running_mean and running_var; yours uses the batch's "
-               "statistics, so a sample's output depends on the rest of its batch")
-    return [(running, _normalise(ref, x, mean, biased, w, b)), (running, _normalise(ref, x, mean, unbiased, w, b))]
-
-
-def _state_suspects(ref, name, x, before):
-    if not _is_batchnorm(ref) or name not in ("running_mean", "running_var", "num_batches_tracked"):
-        return []
-    if name == "num_batches_tracked":
-        return [("num_batches_tracked is not incremented: add 1 at every train-mode forward", before[name])]
-    mean, biased, unbiased = _batch_stats(x)
-    old = before[name]
-    stat = mean if name == "running_mean" else unbiased
-    f = _factor(ref, int(before["num_batches_tracked"]) + 1)
-    blend = lambda value, factor: (1 - factor) * old + factor * value  # noqa: E731
-    suspects = []
-    if name == "running_var":
-        suspects.append(("running_var must hold the unbiased variance (divided by N - 1), though torch normalises "
-                         "with the biased one (divided by N)", blend(biased, f)))
-    if ref.momentum is None:
-        suspects.append(("momentum=None is treated like momentum=0.1: with None torch keeps a cumulative average, "
-                         "blending each batch in with factor 1 / num_batches_tracked (counting this batch)",
-                         blend(stat, 0.1)))
-        suspects.append(("with momentum=None the factor is 1 / num_batches_tracked counted after adding this batch",
-                         blend(stat, 1.0 / max(1, int(before["num_batches_tracked"])))
-                         if int(before["num_batches_tracked"]) else None))
-    if abs(f - 0.5) > 1e-9:
-        suspects.append(("momentum weighs the new batch, not the old value: torch computes "
-                         f"(1 - momentum) * {name} + momentum * batch statistic", blend(stat, 1 - f)))
-    suspects.append((f"{name} did not move in train mode: update it at every train-mode forward", old))
-    if abs(f - 1) > 1e-9:
-        suspects.append((f"{name} holds this batch's statistic itself; torch blends it in: "
-                         f"(1 - momentum) * {name} + momentum * batch statistic", stat))
-    return suspects
-
-
-def _state_hint(ref, name) -> str:
-    if not _is_batchnorm(ref):
-        return f"`{name}` should not change in a forward pass unless torch's does"
-    if name == "num_batches_tracked":
-        return "num_batches_tracked counts train-mode forwards: torch adds 1 at each"
-    if name in ("running_mean", "running_var"):
-        stat = "mean" if name == "running_mean" else "unbiased variance (divided by N - 1)"
-        factor = "1 / num_batches_tracked" if ref.momentum is None else "momentum"
-        return f"torch computes (1 - f) * {name} + f * batch {stat}, with f = {factor}"
-    return f"`{name}` is a parameter: forward must not change it"
+_GRADIENT_HINT = ("your output is within the tolerance of torch's, yet its gradient is not: the two formulas differ "
+                  "slightly (compare yours with torch's term by term), or part of forward is hidden from autograd "
+                  "(.detach(), .data or torch.no_grad())")

@@ -52,6 +52,13 @@ def check_trainable_count(model, expected: int | None = None, *, device):
         for group in shared_modules(m):
             details.append(f"{' and '.join(f'`{n}`' for n in group)} are one shared module: "
                            "parameters() counts its parameters once")
+        if count > expected:
+            details += [f"`{n}.requires_grad = False` set a plain attribute on the module, which freezes nothing: "
+                        f"`{n}.requires_grad_(False)` (with the underscore) sets it on every parameter"
+                        for n, sub in m.named_modules() if n and "requires_grad" in vars(sub)]
+            details += [f"`{n}` is in eval mode: eval() changes how Dropout and BatchNorm behave, not what trains"
+                        for n, sub in m.named_modules() if n and not sub.training and any(True for _ in sub.parameters())
+                        and (not n.rpartition(".")[0] or m.get_submodule(n.rpartition(".")[0]).training)]
         surplus = own_parameters_totalling(m, count - expected) if count > expected else []
         if surplus:
             details.append(f"{' and '.join(f'`{n}`' for n in surplus)} {'accounts' if len(surplus) == 1 else 'account'} "
@@ -60,7 +67,8 @@ def check_trainable_count(model, expected: int | None = None, *, device):
         problem = f"the model has {count:,} trainable parameters; the exercise asks for {expected:,}"
         hint = ("too few: look for a missing layer or bias, frozen parameters, or a layer reused where a new one was meant"
                 if count < expected else
-                "too many: look for an extra layer, a bias that should be off (bias=False), or a wrong layer size")
+                "too many: look for parameters left trainable that should be frozen, an extra layer, a bias that "
+                "should be off (bias=False), or a wrong layer size")
         if surplus:
             hint = ("too many: the optimizer trains every nn.Parameter, so constants and running statistics "
                     "belong in buffers; otherwise look for an extra layer or a bias that should be off")
@@ -171,6 +179,10 @@ def check_eval_behaviour(model, example, *, device):
         strays = unregistered_leaves(m, _forward(m, inputs, title, where))
         details += [f"a trainable tensor of shape {list(t.shape)} is not registered: a layer created inside "
                     "forward gets new random weights at every call" for t in strays]
+        if not details and not any(isinstance(sub, nn.modules.dropout._DropoutNd) for sub in m.modules()):
+            details.append("the model holds no nn.Dropout module: the randomness comes from a call in forward that "
+                           "model.eval() does not switch off (model.eval() only sets the `training` flag of each "
+                           "registered module)")
         hint = ("build every layer once in __init__" if strays else
                 "something random is still active: a Dropout that model.eval() cannot reach, or "
                 "F.dropout(..., training=True) instead of training=self.training")
@@ -194,10 +206,12 @@ def check_eval_behaviour(model, example, *, device):
     with torch.no_grad():
         trained = _outputs(_forward(m, inputs, title, where))
     if norms:
-        idle = [n for n in norms if torch.equal(m.get_submodule(n).running_mean, buffers[f"{n}.running_mean"])]
+        # the model itself may be the BatchNorm (a subclass of nn.BatchNorm1d): its name is ""
+        key = {n: f"{n}.running_mean" if n else "running_mean" for n in norms}
+        idle = [n for n in norms if torch.equal(m.get_submodule(n).running_mean, buffers[key[n]])]
         if idle:
             fail(title, "in train mode, BatchNorm did not update its running statistics",
-                 [f"`{n}.running_mean` did not move" for n in idle],
+                 [f"`{key[n]}` did not move" for n in idle],
                  hint="is the BatchNorm layer actually used in forward?", devices=where)
     if (dropouts or norms) and torch.equal(trained, first):
         fail(title, "train mode gives the same output as eval mode, though the model has "
@@ -231,6 +245,10 @@ def check_learning(model, example, *, lr: float = 0.1, device):
                    "model.parameters() hands them to the optimizer" if hidden else
                    "a layer created inside forward gets fresh random weights at every call: build it in __init__"),
              devices=where)
+    if not torch.isfinite(_outputs(out)).all():  # a NaN never "changes": say what it is, not what it is not
+        fail(title, "the output holds NaN or Inf, so no step can be seen to change it",
+             hint="look in forward for a division by zero, a log or square root of a value <= 0, or an overflow; "
+                  "check the values your model divides by", devices=where)
     optimizer = torch.optim.SGD(params, lr=lr)
     optimizer.zero_grad()
     loss = _loss(out)

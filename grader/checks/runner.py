@@ -11,6 +11,7 @@ CheckFailed diagnosis through. Where a check computes numbers on several devices
 agree with the CPU's within AGREEMENT (loose enough for TF32 matmuls and cuDNN convolutions).
 """
 
+import contextlib
 import copy
 import functools
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from torch import nn
 
 from . import devices
 from .diagnose import describe_error, explain_error, find_hidden, type_name
-from .report import fail, quiet, verdict
+from .report import fail, own_errors, quiet, verdict
 
 AGREEMENT = {"rtol": 1e-3, "atol": 1e-4}
 SEED = 0
@@ -41,7 +42,7 @@ def _check(title: str):
             matrix = devices.selected()
             cuda = [d.index or 0 for d in matrix if d.type == "cuda"]
             results = []
-            with quiet(), torch.random.fork_rng(devices=cuda):
+            with quiet(), torch.random.fork_rng(devices=cuda), own_errors(per_device.__name__):
                 for device in matrix:
                     torch.manual_seed(SEED)
                     results.append(per_device(*args, device=device, **kwargs))
@@ -75,7 +76,8 @@ def _build(model, device: torch.device, title: str) -> nn.Module:
         fail(title, f"building the model raised {describe_error(error)}", hint=explain_error(error), devices=str(device))
     if not isinstance(built, nn.Module):
         fail(title, f"expected an nn.Module, got {type(built).__name__}",
-             hint="pass the model, its class, or a function that returns a new model", devices=str(device))
+             hint=("a function that should hand back the model ends without `return model`" if built is None else
+                   "pass the model, its class, or a function that returns a new model"), devices=str(device))
     try:
         return built.to(device)
     except Exception as error:
@@ -96,20 +98,32 @@ def _inputs(example, device: torch.device, dtype=None) -> tuple:
 
 
 def _forward(model, inputs, title: str, device):
-    """Call the model; fail with a diagnosis if it raises or if the call changes what is registered."""
+    """Call the model; fail with a diagnosis if it raises, if the call changes what is registered, or if it
+    skips a layer's hooks."""
     __tracebackhide__ = True
-    before = {name: p for name, p in model.named_parameters()}
+    held = list(model.named_parameters())  # held, so that no id is reused; pairs, since a dotted child repeats names
+    before = {(name, id(p)) for name, p in held}
     hooks = hook_counts(model)
+    called: set[int] = set()
     try:
-        output = model(*inputs)
+        with _watching_calls(called):
+            output = model(*inputs)
     except Exception as error:
         fail(title, f"calling the model raised {describe_error(error)}", _hidden_details(model),
              hint=explain_error(error), devices=str(device))
+    skipped = skipped_hooks(model, output, called)
+    if skipped:
+        fail(title, "a layer took part in forward without being called, so its hooks never ran",
+             [f"`{name}` ({kind}): its parameters are in the output's graph, but `{name}(...)` was never called"
+              for name, kind in skipped[:4]],
+             hint="call a layer as `self.layer(x)`, not `self.layer.forward(x)` and not through its weights "
+                  "(F.linear(x, self.layer.weight, ...)): only a call runs the layer's hooks, which profilers, "
+                  "pruning, quantisation and this grader rely on", devices=str(device))
     if hook_counts(model) != hooks:  # more calls tell a hook registered once from one registered every time
         leaks = hook_leaks(model, lambda: model(*inputs), hooks, first=hook_counts(model))
         if leaks:
             fail(title, LEAK_PROBLEM, leaks, hint=LEAK_HINT, devices=str(device))
-    rebuilt = [n for n, p in model.named_parameters() if before.get(n) is not p]
+    rebuilt = [n for n, p in model.named_parameters() if (n, id(p)) not in before]
     if rebuilt:
         owners = sorted({n.rpartition(".")[0] or n for n in rebuilt})
         fail(title, "calling the model registers new parameters, so an optimizer built before it holds stale ones",
@@ -119,7 +133,69 @@ def _forward(model, inputs, title: str, device):
     return output
 
 
-# --- hooks: the ones a forward leaves behind, the ones that change outputs in place ----------
+# --- hooks: the ones a forward skips, the ones it leaves behind, the ones that change outputs in place ----
+
+@contextlib.contextmanager
+def _watching_calls(called: set):
+    """Note the id of every module called through `module(...)` (a global forward pre-hook) while inside."""
+    handle = nn.modules.module.register_module_forward_pre_hook(lambda module, args: called.add(id(module)))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict, nn.ParameterList, nn.ParameterDict)
+
+
+def _graph_leaves(output) -> set[int]:
+    """ids of the leaf tensors (parameters) that the output's autograd graph accumulates into."""
+    found, seen = set(), set()
+    todo = [t.grad_fn for t in _tensors(output) if t.grad_fn is not None]
+    while todo:
+        node = todo.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        variable = getattr(node, "variable", None)
+        if variable is not None:
+            found.add(id(variable))
+        todo.extend(next_node for next_node, _ in node.next_functions)
+    return found
+
+
+def skipped_hooks(model: nn.Module, output, called: set[int]) -> list[tuple[str, str]]:
+    """(name, type) of the layers whose own parameters the output depends on, though neither they nor any
+    other module holding the same parameters was called: `self.fc.forward(x)`, or its weights used directly;
+    and the student's own modules whose children ran though they were not called (`self.block.forward(x)`).
+
+    Only layers whose caller is the student's code count: children of torch's own modules (the out_proj of
+    nn.MultiheadAttention is used through its weights by design) and of containers owned by them are left alone.
+    """
+    used = _graph_leaves(output)
+    if not used:
+        return []
+    owners: dict[int, list[nn.Module]] = {}
+    for module in model.modules():
+        for p in module._parameters.values():
+            if p is not None:
+                owners.setdefault(id(p), []).append(module)
+    torch_owned = set()
+    for module in model.modules():
+        if type(module).__module__.startswith("torch.") and not isinstance(module, _CONTAINERS):
+            torch_owned.update(id(sub) for sub in module.modules() if sub is not module)
+    skipped = []
+    for name, module in model.named_modules():
+        if not name or id(module) in torch_owned or id(module) in called:
+            continue
+        own = [p for p in module._parameters.values() if p is not None and id(p) in used]
+        if own and not any(id(owner) in called for p in own for owner in owners[id(p)]):
+            skipped.append((name, type_name(module)))
+        elif not own and not type(module).__module__.startswith("torch.") and any(
+                id(sub) in called for sub in module.modules() if sub is not module):
+            skipped.append((name, type_name(module)))  # a module of the student's, bypassed with .forward(...)
+    return skipped
+
 
 # Hook dicts and the student's word for each (the _with_kwargs and _always_called dicts only
 # flag entries of _forward_hooks and _forward_pre_hooks, so they are not counted).

@@ -1,11 +1,11 @@
-"""Checks on saving and loading: state_dicts and checkpoints.
+"""Checks on saving and loading: state_dicts and checkpoints (unit 06).
 
-* ``check_loads_state_dict(model, state_dict, example=None)``: the model takes ``state_dict`` with
-  strict=True. On failure it names the missing and unexpected keys, pairs them up when an attribute
-  was renamed (or a wrapper added a prefix), and names shape mismatches; with ``example``, the loaded
-  model must also run.
+* ``check_loads_state_dict(model, state_dict, example=None, convert=None)``: the model takes ``state_dict``
+  (or ``convert(state_dict)``, which must leave its input as it was) with strict=True. On failure it names the
+  missing and unexpected keys, pairs them up when an attribute was renamed (or a wrapper added a prefix), and
+  names shape mismatches (grader.checks.state_dict_keys); with ``example``, the loaded model must also run.
 * ``check_checkpoint_round_trip(save, load, model, example)``: ``save(path, model, optimizer, step)`` and
-  ``load(path, model, optimizer) -> step`` carry model, optimizer and step through a file that
+  ``load(path, model, optimizer) -> step`` carry model, optimizer and step (an int) through a file that
   ``torch.load(path, weights_only=True)`` accepts, so that training goes on exactly as if never stopped.
 """
 
@@ -25,6 +25,8 @@ from torch import nn
 from .runner import _build, _check, _forward, _inputs, _loss, _outputs
 from .diagnose import describe_error, explain_error, type_name
 from .report import CheckFailed, fail, plural
+from .state_dict_keys import _mismatch_hint, _not_a_state_dict, input_changes, state_dict_mismatch
+from .state_dict_keys import _dotted_prefixes, _rests, renamed_prefixes  # noqa: F401 (their old home, still imported)
 
 _folders = itertools.count()
 
@@ -38,140 +40,6 @@ def _warm_pickle_caches() -> None:
 
 _warm_pickle_caches()
 
-# Prefixes that wrappers put in front of every key, and what to do about each.
-_WRAPPERS = {
-    "module.": ("nn.DataParallel or DistributedDataParallel", "model.module"),
-    "_orig_mod.": ("torch.compile", "model._orig_mod"),
-}
-
-
-# --- describing a state_dict that does not fit -------------------------------------------------
-
-def _dotted_prefixes(key: str) -> list[str]:
-    """'a.b.weight' -> ['', 'a.', 'a.b.']: every place a rename can start."""
-    parts = key.split(".")
-    return [".".join(parts[:i]) + "." if i else "" for i in range(len(parts))]
-
-
-def _rests(keys, prefix: str) -> frozenset:
-    return frozenset(k[len(prefix):] for k in keys if k.startswith(prefix))
-
-
-def renamed_prefixes(unexpected, missing) -> list[tuple[str, str, int]]:
-    """(checkpoint prefix, model prefix, keys) for each rename that explains a whole group of keys.
-
-    ``fc.weight, fc.bias`` unexpected and ``head.weight, head.bias`` missing pair up as ('fc.', 'head.', 2):
-    everything under the one prefix is exactly what is missing under the other. The largest groups
-    are taken first; each key belongs to at most one rename.
-    """
-    unexpected, missing = set(unexpected), set(missing)
-    found = []
-    while unexpected and missing:
-        best = None
-        for old in {p for k in unexpected for p in _dotted_prefixes(k)}:
-            theirs = _rests(unexpected, old)
-            for new in {p for k in missing for p in _dotted_prefixes(k)}:
-                if old == new or _rests(missing, new) != theirs:
-                    continue
-                rank = (len(theirs), -len(old) - len(new))
-                if best is None or rank > best[0]:
-                    best = (rank, old, new, theirs)
-        if best is None:
-            break
-        _, old, new, rests = best
-        unexpected -= {old + r for r in rests}
-        missing -= {new + r for r in rests}
-        found.append((old, new, len(rests)))
-    return found
-
-
-def _pattern(prefix: str) -> str:
-    return f"`{prefix}*`" if prefix else "keys without a prefix"
-
-
-def _rename_line(old: str, new: str, count: int) -> str:
-    keys = plural(count, "key")
-    if not new and old in _WRAPPERS:
-        wrapper, inner = _WRAPPERS[old]
-        return (f"the checkpoint's {keys} start with `{old}`, the model's do not: it was saved from a model wrapped "
-                f"in {wrapper}; save the inner model ({inner}.state_dict()), or strip the prefix: "
-                f"{{k.removeprefix({old!r}): v for k, v in state_dict.items()}}")
-    if not old and new in _WRAPPERS:
-        wrapper, inner = _WRAPPERS[new]
-        return (f"the model's {keys} start with `{new}`, the checkpoint's do not: the model is wrapped in "
-                f"{wrapper}; load into the inner model ({inner}.load_state_dict(...))")
-    return (f"the checkpoint has {_pattern(old)} but the model registers {_pattern(new)} ({keys}): an attribute was "
-            f"renamed; rename it back, or remap the keys before load_state_dict")
-
-
-def _loose(keys) -> str:
-    shown = ", ".join(f"`{k}`" for k in sorted(keys)[:6])
-    return shown + (f" and {len(keys) - 6} more" if len(keys) > 6 else "")
-
-
-def state_dict_mismatch(model: nn.Module, state_dict: Mapping) -> list[str]:
-    """One line per problem that stops ``model.load_state_dict(state_dict)`` (strict=True): renames, keys
-    only one side has, shape mismatches. Empty when the keys and shapes fit."""
-    mine = model.state_dict()
-    missing = [k for k in mine if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in mine]
-    lines, paired_old, paired_new = [], set(), set()
-    for old, new, count in renamed_prefixes(unexpected, missing):
-        lines.append(_rename_line(old, new, count))
-        rests = _rests(unexpected, old) & _rests(missing, new)
-        paired_old |= {old + r for r in rests}
-        paired_new |= {new + r for r in rests}
-    left_missing = [k for k in missing if k not in paired_new]
-    left_unexpected = [k for k in unexpected if k not in paired_old]
-    if left_missing:
-        lines.append(f"missing from the checkpoint: {_loose(left_missing)} (the model registers "
-                     f"{'it' if len(left_missing) == 1 else 'them'}, the checkpoint has no value for "
-                     f"{'it' if len(left_missing) == 1 else 'them'})")
-    if left_unexpected:
-        lines.append(f"unexpected in the checkpoint: {_loose(left_unexpected)} (the model has no such "
-                     f"{'parameter or buffer' if len(left_unexpected) == 1 else 'parameters or buffers'})")
-    for key, value in state_dict.items():
-        if key in mine and isinstance(value, torch.Tensor) and value.shape != mine[key].shape:
-            lines.append(f"`{key}`: the checkpoint holds shape {list(value.shape)}, the model registers "
-                         f"{list(mine[key].shape)}")
-    return lines
-
-
-def _mismatch_hint(lines: list[str]) -> str:
-    shapes = any(": the checkpoint holds shape" in line for line in lines)
-    keys = len(lines) > sum(": the checkpoint holds shape" in line for line in lines)
-    parts = []
-    if keys:
-        parts.append("load_state_dict(strict=True) needs the same names on both sides: the names come from the "
-                     "attributes in __init__ (print(list(model.state_dict())) beside the checkpoint's keys). "
-                     "strict=False would only hide the problem: the missing tensors keep their random values")
-    if shapes:
-        parts.append("a shape mismatch means the model was built with other sizes than the saved one: build it "
-                     "with the checkpoint's sizes (strict=False does not help: a shape mismatch raises anyway)")
-    return "; ".join(parts)
-
-
-def _not_a_state_dict(state_dict) -> tuple[str, str] | None:
-    """(problem, hint) when ``state_dict`` is something else: a model, a whole checkpoint, a path."""
-    if isinstance(state_dict, nn.Module):
-        return (f"got a model ({type_name(state_dict)}), not a state_dict",
-                "pass model.state_dict(): a dict from names to tensors")
-    if isinstance(state_dict, (str, os.PathLike)):
-        return ("got a path, not a state_dict", "load the file first: torch.load(path, weights_only=True)")
-    if not isinstance(state_dict, Mapping):
-        return (f"got {type(state_dict).__name__}, not a state_dict",
-                "a state_dict is a dict from names (such as 'fc.weight') to tensors: model.state_dict()")
-    nested = [k for k, v in state_dict.items() if isinstance(v, Mapping)]
-    if nested:
-        return (f"this looks like a whole checkpoint (keys {_loose(list(state_dict))}), not a model's state_dict",
-                f"pass the model's part of it, such as checkpoint[{nested[0]!r}]")
-    odd = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
-    if odd:
-        return (f"{_loose(odd)} {'is not a tensor' if len(odd) == 1 else 'are not tensors'}",
-                "a model's state_dict maps every name to a tensor: build it with model.state_dict()")
-    return None
-
-
 # --- loading a state_dict -------------------------------------------------------------------------
 
 def _loaded_as_is(tensor: torch.Tensor, saved: torch.Tensor) -> bool:
@@ -182,11 +50,16 @@ def _loaded_as_is(tensor: torch.Tensor, saved: torch.Tensor) -> bool:
 
 
 @_check("loads state_dict")
-def check_loads_state_dict(model, state_dict, example=None, *, device):
-    """``model.load_state_dict(state_dict)`` (strict=True) succeeds; with ``example``, the loaded model runs."""
+def check_loads_state_dict(model, state_dict, example=None, *, convert: Callable | None = None, device):
+    """``model.load_state_dict(state_dict)`` (strict=True) succeeds; with ``example``, the loaded model runs.
+
+    With ``convert`` (the student's function), the model loads ``convert(state_dict)`` instead, and ``convert``
+    must leave the dict it is given as it was."""
     __tracebackhide__ = True
     title, where = "loads state_dict", str(device)
     m = _build(model, device, title)
+    if convert is not None:
+        state_dict = _converted(title, where, convert, state_dict)
     wrong = _not_a_state_dict(state_dict)
     if wrong:
         fail(title, wrong[0], hint=wrong[1], devices=where)
@@ -218,11 +91,30 @@ def check_loads_state_dict(model, state_dict, example=None, *, device):
     return f"{label} takes all {count} with strict=True and runs", values
 
 
+def _converted(title, where, convert: Callable, state_dict):
+    __tracebackhide__ = True
+    name = getattr(convert, "__name__", "convert")
+    before = list(state_dict.items()) if isinstance(state_dict, Mapping) else []
+    values = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in before}
+    try:
+        converted = convert(state_dict)
+    except Exception as error:  # the student's function: report any failure
+        fail(title, f"{name}(state_dict) raised {describe_error(error)}", hint=explain_error(error), devices=where)
+    changed = input_changes(name, before, state_dict, values) if before else []
+    if changed:
+        fail(title, f"{name} changed the state_dict it was given", changed[:4],
+             hint="build and return a new dict (for example a dict comprehension over state_dict.items()) and leave "
+                  "the one you are given as it was: the caller may still need the old checkpoint", devices=where)
+    return converted
+
+
 # --- a checkpoint round trip: model, optimizer and step ----------------------------------------------
 
-_SAFE_HINT = ("torch.load uses weights_only=True by default since torch 2.6: it rebuilds tensors, dicts, lists, "
-              "numbers and strings, and refuses any other class, because unpickling an object can run arbitrary "
-              "code. Save state_dicts and plain values: torch.save({'model': model.state_dict(), 'optimizer': "
+_SAFE_HINT = ("torch.load uses weights_only=True by default since torch 2.6: it rebuilds only the types on its "
+              "allowlist (tensors, dicts and OrderedDicts, lists, tuples, sets, numbers, strings, torch.Size, "
+              "torch.device, dtypes and a few more) and refuses every other class unless you vouch for it with "
+              "torch.serialization.add_safe_globals, because unpickling an object can run arbitrary code. Save "
+              "state_dicts and plain values: torch.save({'model': model.state_dict(), 'optimizer': "
               "optimizer.state_dict(), 'step': step}, path)")
 _STATE_HINT = ("save optimizer.state_dict() in the checkpoint and restore it with "
                "optimizer.load_state_dict(checkpoint['optimizer']) on the optimizer you were given")
@@ -382,9 +274,14 @@ def check_checkpoint_round_trip(save: Callable, load: Callable, model, example, 
         fail(title, f"{load_name}(path, model, optimizer) returned None, not the step",
              hint=f"save the step in the checkpoint and return it from {load_name}: return checkpoint['step']",
              devices=where)
-    if isinstance(step, torch.Tensor) and step.numel() == 1:
-        step = step.item()
-    if not isinstance(step, (int, float)) or step != steps:
+    if isinstance(step, torch.Tensor) or not isinstance(step, int) or isinstance(step, bool):
+        kind = "a tensor" if isinstance(step, torch.Tensor) else f"a {type(step).__name__}"
+        why = (": with a tensor step, step + 1 is a tensor again and json.dumps refuses it"
+               if isinstance(step, torch.Tensor) else "")
+        fail(title, f"{load_name}(...) returned {step!r}, {kind}; the step is the int {steps}",
+             hint=f"store the step as the plain int {save_name} is given ('step': step) and return it as it is{why}",
+             devices=where)
+    if step != steps:
         fail(title, f"{load_name}(...) returned {step!r}; the step saved was {steps}",
              hint=f"save the step you are given in {save_name} and return the stored value from {load_name}",
              devices=where)

@@ -1,25 +1,30 @@
-"""Checks on the code around a model: how the optimizer is built, one training step,
-single-sample prediction, and hand-written parameter counters.
+"""Checks on the code around a model: how the optimizer is built, one training step, single-sample
+prediction, and hand-written parameter counters.
 
-Like the model checks, each one prints one verdict line or raises CheckFailed with a
-diagnosis. References are computed here from torch itself (a plain SGD loop, an
-eval-mode forward, ``parameters()``), never from stored answers.
+Like the model checks, each one prints one verdict line or raises CheckFailed with a diagnosis.
+References are computed here from torch itself (a plain SGD loop, an eval-mode forward, ``parameters()``)
+or passed in by the test cell (the optimizer to step like), never from stored answers.
 """
 
 import copy
+import numbers
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .counting import _COUNTERS
-from .runner import AGREEMENT, SEED, _build, _check, _forward, _inputs, _loss, _outputs
+from .counting import _COUNTERS, _LISTINGS, _exact_count
+from .runner import SEED, _build, _check, _forward, _inputs, _loss
 from .diagnose import describe_error, explain_error, type_name
-from .report import fail, plural, quiet, verdict
+from .report import fail, own_errors, plural, quiet, verdict
 
 # Two runs of the same float32 arithmetic agree far more closely than this.
 SAME = {"rtol": 1e-5, "atol": 1e-6}
+# Two optimizers of the same kind and settings, stepped on the same gradients, agree within a few float32 ulps
+# (foreach and single-tensor kernels may round differently); a weight decay of 1e-4 at lr 0.1 moves a weight by
+# 1e-5 of its size.
+STEPPED = {"rtol": 1e-6, "atol": 1e-7}
 
 _STEP_RECIPE = ("one training step is: optimizer.zero_grad(), loss = loss_fn(model(x), y), loss.backward(), "
                 "optimizer.step(), return loss.item()")
@@ -48,9 +53,14 @@ def _targets(output: torch.Tensor, step: int) -> torch.Tensor:
 # --- the optimizer ------------------------------------------------------------------------
 
 @_check("optimizer")
-def check_optimizer(setup: Callable, example=None, *, device):
+def check_optimizer(setup: Callable, example=None, *, like: Callable | None = None, device):
     """``setup()`` returns ``(model, optimizer)``; the optimizer holds every trainable parameter the
-    model has now, and nothing else. With ``example``, one step must then change every one of them."""
+    model has now, and nothing else. With ``example``, one step must then change every one of them.
+
+    With ``like`` (written in the test: ``lambda params: torch.optim.SGD(params, lr=0.05)``), two steps of the
+    student's optimizer must move the parameters exactly as two steps of ``like(parameters)`` move a copy of
+    the model: the same kind of optimizer, with the same settings.
+    """
     __tracebackhide__ = True
     title, where = "optimizer", str(device)
     try:
@@ -78,9 +88,14 @@ def check_optimizer(setup: Callable, example=None, *, device):
                            f"(shapes {_shapes(stale)}): left from layers since replaced, or from another model")
         owners = sorted({n.rpartition(".")[0] or n for n in missing})
         one = len(owners) == 1
-        cause = (f"{_names(owners)} {'was' if one else 'were'} created or replaced after the optimizer was built, "
-                 f"so the optimizer never sees {'it' if one else 'them'}") if owners else \
-            "layers were replaced after the optimizer was built"
+        if owners and stale:  # tensors missing, others left over: the layers were swapped after it was built
+            cause = (f"{_names(owners)} {'was' if one else 'were'} created or replaced after the optimizer was built, "
+                     f"so the optimizer never sees {'it' if one else 'them'}")
+        elif owners:  # nothing left over: the history cannot be told apart, so both readings are named
+            cause = (f"{_names(owners)} {'is' if one else 'are'} not in it: it was built before "
+                     f"{'that layer' if one else 'these layers'} existed, or from only part of the model")
+        else:
+            cause = "layers were replaced after the optimizer was built"
         if len(missing) == len(trainable) > 1 and held:
             cause = "it holds none of them: was it built from another model, such as a second instance?"
         fail(title, "the optimizer does not hold the model's current parameters: " + cause, details,
@@ -89,22 +104,75 @@ def check_optimizer(setup: Callable, example=None, *, device):
              devices=where)
     summary = f"holds all {plural(len(trainable), 'trainable tensor')} of the model"
     if example is None:
+        if like is not None:
+            raise ValueError("check_optimizer: `like` compares steps, so it needs an example")
         return summary, len(trainable)
     model.train()
-    before = {n: p.detach().clone() for n, p in trainable}
+    twin = copy.deepcopy(model) if like is not None else None  # before any step: the reference starts here too
+    reference = like([p for p in twin.parameters() if p.requires_grad]) if twin is not None else None
+    inputs = _inputs(example, device)
+    for k in range(1, 3 if like is not None else 2):
+        before = {n: p.detach().clone() for n, p in trainable}
+        _step_with(optimizer, model, inputs, k, title, where)
+        if k == 1:
+            still = [n for n, p in trainable if torch.equal(p.detach(), before[n])]
+            if still:
+                fail(title, "one optimizer.step() left some trainable tensors unchanged",
+                     [f"`{n}` did not move" for n in still],
+                     hint="check the optimizer's learning rate, and that these tensors take part in forward",
+                     devices=where)
+        if reference is not None:
+            _step_with(reference, twin, inputs, k, title, where)
+            _compare_updates(title, where, k, model, optimizer, twin, reference)
+    # Dropout draws other masks on each device, so the fingerprint is what moved, not by how much.
+    if reference is not None:
+        return summary + f", and its steps update them as {_optimizer_name(reference)} does", len(trainable)
+    return summary + ", and one step updates each", len(trainable)
+
+
+def _step_with(optimizer, model, inputs, k, title, where):
+    """One step: zero_grad, forward (seeded, so dropout draws the same masks for a copy), backward, step."""
+    __tracebackhide__ = True
     optimizer.zero_grad()
-    loss = _loss(_forward(model, _inputs(example, device), title, where))
+    torch.manual_seed(SEED + k)
+    loss = _loss(_forward(model, inputs, title, where))
     try:
         loss.backward()
     except RuntimeError as error:
         fail(title, f"backward() raised {describe_error(error)}", hint=explain_error(error), devices=where)
     optimizer.step()
-    still = [n for n, p in trainable if torch.equal(p.detach(), before[n])]
-    if still:
-        fail(title, "one optimizer.step() left some trainable tensors unchanged", [f"`{n}` did not move" for n in still],
-             hint="check the optimizer's learning rate, and that these tensors take part in forward", devices=where)
-    # Dropout draws other masks on each device, so the fingerprint is what moved, not by how much.
-    return summary + ", and one step updates each", len(trainable)
+
+
+_SETTINGS = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize", "betas", "eps", "alpha")
+
+
+def _optimizer_name(optimizer) -> str:
+    group = optimizer.param_groups[0]
+    return f"{type(optimizer).__name__}(lr={group['lr']:g})" if "lr" in group else type(optimizer).__name__
+
+
+def _compare_updates(title, where, k, model, optimizer, twin, reference):
+    """After step k, the student's parameters are where the reference optimizer put the copy's."""
+    __tracebackhide__ = True
+    off = [(n, (p.detach() - q.detach()).abs().max().item())
+           for (n, p), (_, q) in zip(model.named_parameters(), twin.named_parameters())
+           if p.requires_grad and not torch.allclose(p.detach(), q.detach(), **STEPPED)]
+    if not off:
+        return
+    details = []
+    if type(optimizer) is not type(reference):
+        details.append(f"yours is {type(optimizer).__name__}; the exercise's is {type(reference).__name__}")
+    else:
+        wanted = reference.param_groups[0]
+        for i, group in enumerate(optimizer.param_groups):
+            label = "yours has" if len(optimizer.param_groups) == 1 else f"your group {i} has"
+            details += [f"{label} {key}={group[key]!r}; the exercise's has {key}={wanted[key]!r}"
+                        for key in _SETTINGS if key in wanted and key in group and group[key] != wanted[key]]
+    details += [f"`{n}` is off by up to {gap:.3g}" for n, gap in off[:3]]
+    fail(title, f"after {plural(k, 'step')}, your optimizer has moved the parameters differently from "
+                f"{_optimizer_name(reference)} on the same gradients", details,
+         hint="build the optimizer the exercise names, with the learning rate you are given and no other options",
+         devices=where)
 
 
 def _call(fn) -> str:
@@ -199,11 +267,16 @@ def _compare_loss(title, where, k, name, returned, truth):
     __tracebackhide__ = True
     if returned is None:
         fail(title, f"{name} returned None", hint="return this step's loss as a number: loss.item()", devices=where)
-    try:
-        value = float(returned)
-    except (TypeError, ValueError, RuntimeError):
+    if isinstance(returned, torch.Tensor):
+        kept = " with its autograd graph" if returned.requires_grad else ""
+        fail(title, f"{name} returned the loss as a tensor{kept}, not as a number",
+             ["a loss tensor kept for a log holds on to the whole graph of its step, and every activation in it"]
+             if kept else [],
+             hint="return this step's loss as a Python float: loss.item()", devices=where)
+    if not isinstance(returned, numbers.Real) or isinstance(returned, bool):
         fail(title, f"{name} returned {type(returned).__name__}, not a number",
              hint="return this step's loss as a number: loss.item()", devices=where)
+    value = float(returned)
     if not abs(value - truth) <= 1e-4 * max(1.0, abs(truth)):
         fail(title, f"at step {k}, {name} returned {value:.6g}, but the loss on this batch is {truth:.6g}",
              hint="return loss.item() for the loss computed in this step, before optimizer.step()", devices=where)
@@ -214,7 +287,7 @@ def _compare_loss(title, where, k, name, returned, truth):
 @_check("single-sample prediction")
 def check_predict(predict: Callable, model, example, *, device):
     """``predict(model, sample)`` on one sample of a batch of shape ``example`` returns that sample's
-    eval-mode output, leaves the model's buffers alone and builds no autograd graph.
+    eval-mode output, leaves the model's buffers alone, builds no autograd graph and leaves autograd on.
 
     The model is handed over in train mode, after a few training-mode batches, as it is after training.
     """
@@ -233,11 +306,20 @@ def check_predict(predict: Callable, model, example, *, device):
         m.train()
         buffers = {n: b.detach().clone() for n, b in m.named_buffers()}
         torch.manual_seed(SEED + i)
+        grad_was_on = torch.is_grad_enabled()
         try:
             got = predict(m, sample)
         except Exception as error:  # the student's function: report any failure
             fail(title, f"{name}(model, sample) on a sample of shape {list(sample.shape)} raised {describe_error(error)}",
                  hint=_explain_predict_error(error), devices=where)
+        finally:  # whatever predict did to autograd, the code after this check gets it back as it was
+            left_off = grad_was_on and not torch.is_grad_enabled()
+            torch.set_grad_enabled(grad_was_on)
+        if left_off:
+            fail(title, f"{name} left autograd switched off: after it returns, torch.is_grad_enabled() is False",
+                 ["every forward after a prediction builds no graph, so training after it raises or learns nothing"],
+                 hint="switch autograd off only around the model call, in a block that switches it back on when it "
+                      "ends", devices=where)
         if not isinstance(got, torch.Tensor):
             fail(title, f"{name} returned {type(got).__name__}, not a tensor",
                  hint="return the model's output for the sample, as a tensor", devices=where)
@@ -246,7 +328,9 @@ def check_predict(predict: Callable, model, example, *, device):
             fail(title, f"{name} returned shape {list(got.shape)}; the model's output for one sample has shape "
                         f"{list(expected.shape)}",
                  hint="add the batch dimension for the model (sample.unsqueeze(0)) and take it away from the "
-                      "result ([0] or .squeeze(0))", devices=where)
+                      "result ([0] or .squeeze(0))" if got.numel() == expected.numel() else
+                      "return the model's whole output for the sample (every class's score), not a value computed "
+                      "from it", devices=where)
         moved = [n for n, b in m.named_buffers() if not torch.equal(b, buffers[n])]
         if moved:
             fail(title, f"{name} changed the model's buffers, so it ran the model in train mode",
@@ -292,44 +376,62 @@ def check_counter(fn: Callable, models, counts: str = "trainable parameters"):
     if counts not in _COUNTERS:
         raise ValueError(f"counts must be one of {sorted(_COUNTERS)}, not {counts!r}")
     name = getattr(fn, "__name__", "counter")
-    with quiet():
+    with quiet(), own_errors("check_counter"):
         for model in models:
             m = model if isinstance(model, nn.Module) else model()
-            truth = _COUNTERS[counts](m)
+            truth = _COUNTERS[counts](m)  # torch's count first, before any code of the student's runs
             call = f"{name}({type_name(m)})"
             try:
                 got = fn(copy.deepcopy(m))
             except Exception as error:  # the student's counter: report any failure
                 fail(title, f"{call} raised {describe_error(error)}", hint=explain_error(error))
-            if got != truth:
-                details, hint = _why_miscounted(m, got, truth, counts)
-                shown = f"{got:,}" if isinstance(got, int) else repr(got)
+            count = _exact_count(got)  # a plain int (or float): an object that "equals everything" fails
+            if count != truth:
+                details, hint = _why_miscounted(m, count, truth, counts)
+                shown = f"{got:,}" if isinstance(count, int) else repr(got)
                 fail(title, f"{call} returned {shown}, but torch counts {truth:,} {counts}", details, hint=hint)
     verdict(title, f"{name} matches torch on {plural(len(models), 'model')}")
 
 
+# The listing that yields each tensor of a count once, as torch counts it.
+_YIELDS = {"trainable parameters": "parameters()", "parameters": "parameters()", "buffer elements": "buffers()"}
+
+
 def _why_miscounted(model, got, truth, counts) -> tuple[list[str], str]:
-    repeats = _repeated_parameters(model, trainable=counts.startswith("trainable"))
+    """Details and a hint for a wrong count; each is said only where it explains the difference exactly."""
+    listing = (f"print([(n, tuple(t.shape)) for n, t in {_LISTINGS[counts]}]) lists what torch counts: "
+               "compare it with what your code counts")
+    if got is None:
+        return [], "return the count as an int: " + listing
+    if isinstance(got, float):
+        if not got.is_integer():
+            return [], listing
+        got = int(got)
+    repeats = _repeated_tensors(model, counts)
     extra = sum((len(names) - 1) * numel for names, numel in repeats)
-    details = _describe_repeats(model, repeats)
-    if isinstance(got, int) and repeats and got - truth == extra:
-        return details, ("your count has exactly the repeats: it counts a shared tensor once per name. "
-                         "parameters() yields each tensor once; count each tensor once too (remember which ones "
-                         "you have counted, for example by id())")
-    if isinstance(got, int) and got > truth:
+    repeated = _describe_repeats(model, repeats, counts) if extra else []
+    if repeats and got - truth == extra:
+        return repeated, (f"your count has exactly the repeats: it counts a shared tensor once per name. "
+                          f"{_YIELDS[counts]} yields each tensor once; count each tensor once too (remember which "
+                          "ones you have counted, for example by id())")
+    if got > truth and counts in ("trainable parameters", "parameters"):
         frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
         buffers = sum(b.numel() for b in model.buffers())
-        if counts.startswith("trainable") and frozen and got - truth in (frozen, frozen + extra):
-            details.append(f"{plural(frozen, 'parameter')} {'is' if frozen == 1 else 'are'} frozen (requires_grad=False)")
+        if counts == "trainable parameters" and frozen and got - truth in (frozen, frozen + extra):
+            details = (repeated if got - truth != frozen else []) + [
+                f"{plural(frozen, 'parameter')} {'is' if frozen == 1 else 'are'} frozen (requires_grad=False)"]
             return details, "trainable means requires_grad=True: skip frozen parameters"
         if buffers and got - truth in (buffers, buffers + extra):
-            details.append(f"the model has {plural(buffers, 'buffer element')}")
+            details = (repeated if got - truth != buffers else []) + [
+                f"the model has {plural(buffers, 'buffer element')}"]
             return details, "buffers are not parameters: count parameters(), not state_dict() or buffers()"
-    return details, "walk the model once and count each tensor once: compare with sum(p.numel() for p in model.parameters())"
+    return [], listing  # no reading explains the difference exactly, so none is offered
 
 
-def _describe_repeats(model, repeats) -> list[str]:
-    """One line per shared layer (all its parameters repeated under the same owners) or tied tensor."""
+def _describe_repeats(model, repeats, counts: str = "trainable parameters") -> list[str]:
+    """One line per shared layer (all its tensors of the count repeated under the same owners) or tied tensor."""
+    buffers = counts == "buffer elements"
+    unit = "buffer element" if buffers else "parameter"
     by_owners: dict[tuple, list[tuple[list[str], int]]] = {}
     for names, numel in repeats:
         by_owners.setdefault(tuple(n.rpartition(".")[0] for n in names), []).append((names, numel))
@@ -338,11 +440,11 @@ def _describe_repeats(model, repeats) -> list[str]:
         numel = sum(n for _, n in group)
         copies = len(owners)
         layers = [model.get_submodule(o) for o in owners]
-        whole = (len({id(layer) for layer in layers}) == 1 and len(set(owners)) == copies
-                 and numel == sum(p.numel() for p in layers[0].parameters()))
         layer = layers[0]
+        whole = (len({id(x) for x in layers}) == 1 and len(set(owners)) == copies
+                 and numel == sum(t.numel() for t in (layer.buffers() if buffers else layer.parameters())))
         if whole:
-            lines.append(f"{_names(owners)} are one {type_name(layer)} ({plural(numel, 'parameter')}) registered "
+            lines.append(f"{_names(owners)} are one {type_name(layer)} ({plural(numel, unit)}) registered "
                          f"under {copies} names: counted once per name, that is {numel * (copies - 1):,} extra")
         else:
             for names, n in group:
@@ -351,75 +453,18 @@ def _describe_repeats(model, repeats) -> list[str]:
     return lines
 
 
-def _repeated_parameters(model: nn.Module, trainable: bool) -> list[tuple[list[str], int]]:
-    """Tensors that named_parameters(remove_duplicate=False) lists under more than one name."""
+def _repeated_tensors(model: nn.Module, counts: str) -> list[tuple[list[str], int]]:
+    """Tensors listed under more than one name where torch's count takes each once (parameters(), buffers());
+    state_dict() lists a tied tensor under every name, and its count has every one of them, so none repeats."""
+    if counts == "state_dict elements":
+        return []
+    listed = (model.named_buffers(remove_duplicate=False) if counts == "buffer elements"
+              else model.named_parameters(remove_duplicate=False))
     names: dict[int, list[str]] = {}
     sizes: dict[int, int] = {}
-    for n, p in model.named_parameters(remove_duplicate=False):
-        if trainable and not p.requires_grad:
+    for n, t in listed:
+        if counts == "trainable parameters" and not t.requires_grad:
             continue
-        names.setdefault(id(p), []).append(n)
-        sizes[id(p)] = p.numel()
+        names.setdefault(id(t), []).append(n)
+        sizes[id(t)] = t.numel()
     return [(group, sizes[i]) for i, group in names.items() if len(group) > 1]
-
-
-# --- a fix keeps what the model computes ------------------------------------------------------
-
-@_check("same function")
-def check_same_function(model, original, example, *, convert: Callable | None = None, device):
-    """Loaded with ``original``'s state_dict, ``model`` gives ``original``'s eval-mode outputs.
-
-    A fix should change how a model computes, not what it computes. ``original`` (the broken
-    model, which may work only on the CPU and without gradients) runs on the CPU under
-    torch.no_grad(); ``model`` runs on each device of the matrix. With ``convert``, the model
-    loads ``convert(original.state_dict())`` instead: a checkpoint upgraded to new names.
-    """
-    __tracebackhide__ = True
-    title, where = "same function", str(device)
-    theirs = _build(original, torch.device("cpu"), title).eval()
-    yours = _build(model, device, title).eval()
-    label = type_name(theirs)
-    saved, source = theirs.state_dict(), f"{label}'s state_dict"
-    if convert is not None:
-        source = f"{getattr(convert, '__name__', 'convert')}({label}'s state_dict)"
-        try:
-            saved = convert(saved)
-        except Exception as error:  # the student's conversion: report any failure
-            fail(title, f"{source} raised {describe_error(error)}", hint=explain_error(error), devices=where)
-        if not isinstance(saved, dict):
-            fail(title, f"{source} returned {type(saved).__name__}, not a dict of tensors",
-                 hint="return a dict that maps each key to its tensor", devices=where)
-    mine = set(yours.state_dict())
-    buffers = {n for n, _ in yours.named_buffers()}  # a plain tensor made a buffer is a fix, not a mismatch
-    missing, unexpected = sorted(set(saved) - mine), sorted(mine - set(saved) - buffers)
-    if missing or unexpected:
-        if convert is None:
-            details = ([f"{label} has `{n}`, yours has not" for n in missing]
-                       + [f"yours has `{n}`, {label} has not" for n in unexpected])
-            hint = f"keep {label}'s attribute names and layers: a fix changes how the model computes, not what it holds"
-        else:  # name the renames that would fit, as check_loads_state_dict does
-            from .saving import state_dict_mismatch  # unit 06's module; imported where it is needed
-            details = state_dict_mismatch(yours, saved)
-            hint = "every key of the converted checkpoint must be a key of the model, with the same shape"
-        fail(title, f"your model cannot take {source}: the names differ", details, hint=hint, devices=where)
-    try:
-        yours.load_state_dict(saved, strict=False)
-    except RuntimeError as error:
-        fail(title, f"loading {source} raised {describe_error(error)}",
-             hint="keep the layer sizes of the original", devices=where)
-    with torch.no_grad():
-        try:  # the original is the broken model: run it as it is, without the grader's diagnoses
-            truth = theirs(*_inputs(example, torch.device("cpu")))
-        except Exception as error:
-            raise ValueError(f"check_same_function: the original {label} raised {describe_error(error)} on the CPU "
-                             "under torch.no_grad(); it cannot serve as the reference") from error
-        got = _forward(yours, _inputs(example, device), title, where)
-    a, b = _outputs(got), _outputs(truth)
-    if a.shape != b.shape or not torch.allclose(a, b, **AGREEMENT):
-        details = ([f"yours: {_few(a)}", f"{label}: {_few(b)}"] if a.shape == b.shape else
-                   [f"yours has {plural(a.numel(), 'output value')}, {label} has {b.numel():,}"])
-        fail(title, f"with the same weights, your model's eval-mode output differs from {label}'s", details,
-             hint=(f"fix only the bug: every other step of {label}'s forward must stay as it was" if convert is None else
-                   "each tensor must land on the layer that plays its part: check which key goes where"),
-             devices=where)
-    return f"with {label}'s weights{'' if convert is None else ', converted,'} gives {label}'s outputs", a

@@ -14,8 +14,15 @@ The policy, everywhere:
   (the course folder: solutions, source notebooks, the gradebook, other students' work), and
   ``/proc/*/mem``-like files are never readable, nor a process's pipes, sockets and anonymous files
   through ``/proc/*/fd/`` (an fd link to a real file resolves to that file and its root decides);
-* no new processes (subprocess, os.system, exec*, spawn*, posix_spawn, fork, _posixsubprocess),
-  no signals to other processes; no SQLite database on disk; no symbolic or hard links;
+* relative paths: the "open" audit event does not say which directory a ``dir_fd`` names, so a
+  relative path may not climb (``..``), and only a folder under ``write_roots`` may be opened as a
+  file descriptor: a relative path then stays inside a writable folder, whatever ``dir_fd`` is;
+* no SQLite at all (an in-memory database can ``ATTACH`` a file with no audit event of its own);
+* no sockets to anywhere but a Unix socket under ``write_roots`` (connect, bind, sendto): no
+  network, and no fork server of the grader's (multiprocessing's, or the warm kernels');
+* no new processes (subprocess, os.system, exec*, spawn*, posix_spawn, fork, _posixsubprocess)
+  and no signals to other processes, unless ``processes`` (the OS sandbox holds them: DataLoader
+  workers, torch.compile's compiler); no symbolic or hard links;
 * no ctypes (dlopen, dlsym, from_address, string_at...), since it reads and writes any memory;
 * no new audit hooks, and no gc.get_objects/get_referrers/get_referents.
 
@@ -37,7 +44,7 @@ The hook runs no code that the graded code could have replaced: every name it us
 `install` runs (locals, closures and default arguments of functions that nothing else references),
 it compares only objects of exact built-in types, and it raises built-in exception types
 (PermissionError, and ValueError for frames). Each refusal is appended to ``refusals`` as
-``(event, message)`` for the grader's report.
+``(event, message, where)`` for the grader's report (where: the file and line that asked).
 
 This module imports only the standard library: the kernel loads it by path, before torch.
 """
@@ -63,8 +70,10 @@ PATH_EVENTS = {
     "shutil.copytree": ((0,), (1,)), "shutil.move": ((0,), (0, 1)), "shutil.rmtree": ((), (0,)),
     "shutil.chown": ((), (0,)), "shutil.make_archive": ((), (0,)), "shutil.unpack_archive": ((0,), (1,)),
 }
+SOCKET_EVENTS = frozenset({"socket.connect", "socket.bind", "socket.sendto", "socket.sendmsg"})
 ALWAYS_REFUSED = {
     "os.symlink": "create symbolic links", "os.link": "create hard links", "sys.addaudithook": "add audit hooks",
+    "sqlite3.connect": "open a database (SQLite)", "sqlite3.enable_load_extension": "load SQLite extensions",
     "gc.get_objects": "walk the interpreter's objects (gc)", "gc.get_referrers": "walk the interpreter's objects (gc)",
     "gc.get_referents": "walk the interpreter's objects (gc)",
 }
@@ -78,6 +87,7 @@ GUARDED_ATTRIBUTES = frozenset({"__code__", "__defaults__", "__kwdefaults__", "_
 TORCH_CACHE_VARIABLES = {"TORCHINDUCTOR_CACHE_DIR": "torchinductor", "TRITON_CACHE_DIR": "triton"}
 # Extension modules that, loaded afresh, would bring back what install() took away.
 BLOCKED_IMPORTS = frozenset({"_posixsubprocess", "_ctypes"})
+PROCESS_IMPORTS = frozenset({"_posixsubprocess"})  # allowed again when processes are
 
 
 def resolve(path, cwd=None, _lstat=posix.lstat, _readlink=posix.readlink, _getcwd=posix.getcwd,
@@ -139,13 +149,14 @@ def frame_consumers() -> dict:
 
 def install(*, read_roots, write_roots, deny_roots=(), protect_frames=False, trusted_code_roots=(),
             locked_code_ids=None, stop_code_ids=(), trusted_ids=frozenset(), refusals=None, log_fd=None,
-            what="your code"):
+            processes=False, what="your code"):
     """Add the audit hook; from now on this process runs under the policy in the module docstring.
 
     ``locked_code_ids`` is a set that the re-run fills with the ids of the code objects it compiled
     from locked cells; the walk down the stack stops at a frame whose code is in ``stop_code_ids``
     (the re-run's own loop); ``trusted_ids`` are the ids of the grader's, torch's and the standard
-    library's functions, classes and modules. Returns the list of refusals (``refusals`` if given);
+    library's functions, classes and modules; ``processes`` lets the code start processes and signal
+    them (only where an OS sandbox holds them). Returns the list of refusals (``refusals`` if given);
     each refusal is also written as a line to ``log_fd``, a file descriptor opened before, on a file
     the graded code cannot open (the grader reads it afterwards, even if the code hid the error).
     """
@@ -153,11 +164,13 @@ def install(*, read_roots, write_roots, deny_roots=(), protect_frames=False, tru
     _type, _str, _int, _len, _id = type, str, int, len, id
     _PermissionError, _ValueError = PermissionError, ValueError
     _getframe, _ident, _resolve, _write, _encode = sys._getframe, _thread.get_ident, resolve, posix.write, str.encode
-    _OSError = OSError
+    _OSError, _TypeError, _stat_path, _isdir, _bytes = OSError, TypeError, posix.stat, _stat.S_ISDIR, bytes
     write_flags, process_events, list_events = WRITE_FLAGS, PROCESS_EVENTS, LIST_EVENTS
     path_events, always_refused, secret_proc_files = dict(PATH_EVENTS), dict(ALWAYS_REFUSED), SECRET_PROC_FILES
     frame_attributes, tracing_events, code_events = FRAME_ATTRIBUTES, TRACING_EVENTS, CODE_EVENTS
-    guarded_attributes, blocked_imports = GUARDED_ATTRIBUTES, BLOCKED_IMPORTS
+    guarded_attributes, socket_events = GUARDED_ATTRIBUTES, SOCKET_EVENTS
+    blocked_imports = BLOCKED_IMPORTS - PROCESS_IMPORTS if processes else BLOCKED_IMPORTS
+    process_events = frozenset() if processes else process_events
     roots = ([(resolve(r), "read") for r in read_roots] + [(resolve(r), "write") for r in write_roots]
              + [(resolve(r), "deny") for r in deny_roots])
     roots = tuple((r if r.endswith("/") else r + "/", _len(r.rstrip("/")), kind) for r, kind in roots)
@@ -169,6 +182,8 @@ def install(*, read_roots, write_roots, deny_roots=(), protect_frames=False, tru
     torch_module = sys.modules.get("torch")
     torch_root = (torch_module.__file__.rpartition("/")[0] + "/") if torch_module is not None else ""
     dynamo_entry = torch_root + "_dynamo/convert_frame.py"  # called by the interpreter with the frame to compile
+    import_system = "<frozen importlib._bootstrap>"  # a module's own code runs under it while it is imported
+    inductor_loader = torch_root + "_inductor/runtime/compile_tasks.py"  # runs the modules inductor generates
     trusted_ids = frozenset(trusted_ids)
     refusals = [] if refusals is None else refusals
     own_pid = posix.getpid()
@@ -177,6 +192,8 @@ def install(*, read_roots, write_roots, deny_roots=(), protect_frames=False, tru
     def allowed(path, write):
         if _type(path) is _int or path is None:
             return True  # an open file descriptor, or listdir()'s current folder
+        if climbs(path):
+            return False  # relative to a dir_fd the hook cannot see: it must not leave that folder
         where = _resolve(path)
         if _str.startswith(where, "/proc/") and (_str.rpartition(where, "/")[2] in secret_proc_files
                                                  or "/fd/" in where or "/map_files/" in where):
@@ -190,15 +207,37 @@ def install(*, read_roots, write_roots, deny_roots=(), protect_frames=False, tru
                 verdict = "deny"
         return verdict == "write" or (verdict == "read" and not write)
 
+    def climbs(path):
+        text = _bytes.decode(path, "utf-8", "surrogateescape") if _type(path) is _bytes else path
+        return _type(text) is _str and not _str.startswith(text, "/") and ".." in _str.split(text, "/")
+
+    def directory(path):
+        try:
+            return _isdir(_stat_path(path).st_mode)
+        except (_OSError, _TypeError, _ValueError):
+            return False
+
+    def socket_allowed(address):
+        if address is None:
+            return True  # a connected socket: no new destination
+        if _type(address) is _bytes:
+            address = _bytes.decode(address, "utf-8", "surrogateescape")
+        if _type(address) is not _str or not _str.startswith(address, "/"):
+            return False  # the network, or an abstract Unix socket
+        return allowed(address, True)
+
     def student_on_stack(frames_for=None):
         """Is code of the student's on the stack below the hook (down to the re-run's loop)?
 
-        With ``frames_for`` (a frame request), two requests are let through: a trusted consumer
-        that turns frames into text, asking with its callees intact; and torch asking while it
-        traces the student's code (a ``__torch_function__``/``__torch_dispatch__`` of torch's, or
-        dynamo's frame conversion, sits between the request and the newest student frame):
-        torch.export and torch.cond record where a guard came from. The frame goes to torch, not
-        back to student code.
+        With ``frames_for`` (a frame request), three requests are let through: a trusted consumer
+        that turns frames into text, asking with its callees intact; torch asking while it traces
+        the student's code (a ``__torch_function__``/``__torch_dispatch__`` of torch's, or dynamo's
+        frame conversion, sits between the request and the newest student frame): torch.export and
+        torch.cond record where a guard came from; and a trusted module asking while it is imported
+        (the import system sits between: torch.library records which file registered an operator
+        when torch.compile imports its backends). The frame goes to torch, not back to student code.
+        A module that inductor generated counts as torch's while inductor's loader runs it (its
+        caller is that loader); anywhere else, code from a writable folder is the student's.
         """
         frame = _getframe(2)  # the frame that raised the event (1 is the hook itself)
         if frames_for is not None and frame is not None:
@@ -215,13 +254,20 @@ def install(*, read_roots, write_roots, deny_roots=(), protect_frames=False, tru
             if _id(code) in stop_code_ids:
                 return False
             filename = code.co_filename
-            if not _str.startswith(filename, trusted_code_roots) and _id(code) not in locked_code_ids:
+            if not _str.startswith(filename, trusted_code_roots) and _id(code) not in locked_code_ids \
+                    and not generated_by_torch(frame):
                 return not (frames_for is not None and handled)
-            if torch_root and ((code.co_name in mode_handlers and _str.startswith(filename, torch_root))
-                               or filename == dynamo_entry):
+            if (torch_root and ((code.co_name in mode_handlers and _str.startswith(filename, torch_root))
+                                or filename == dynamo_entry)) or filename == import_system:
                 handled = True
             frame = frame.f_back
         return False
+
+    def generated_by_torch(frame):
+        """A module inductor wrote to its cache and is running now (its caller is inductor's loader): torch's code."""
+        caller = frame.f_back
+        return (frame.f_code.co_name == "<module>" and caller is not None and caller.f_code is not None
+                and caller.f_code.co_filename == inductor_loader and caller.f_code.co_name == "_reload_python_module")
 
     def student_asked():
         """Is the frame that raised the event the student's own code (not torch or the library it called)?"""
@@ -233,7 +279,8 @@ def install(*, read_roots, write_roots, deny_roots=(), protect_frames=False, tru
 
     def refuse(event, detail, error=_PermissionError):
         message = f"the grader does not let {what} {detail} while it is graded"
-        refusals.append((event, message))
+        asker = _getframe(2)  # the code that raised the event (1 is the hook), for the instructor's log
+        refusals.append((event, message, f"{asker.f_code.co_filename}:{asker.f_lineno}" if asker is not None else "?"))
         if log_fd is not None:
             try:
                 _write(log_fd, _encode(message.replace("\n", " ") + "\n", "utf-8", "replace"))
@@ -257,6 +304,8 @@ def install(*, read_roots, write_roots, deny_roots=(), protect_frames=False, tru
                 write = (flags & write_flags) if _type(flags) is _int else True
                 if not allowed(path, write):
                     refuse(event, f"{'write' if write else 'read'} {shown(path)}")
+                if _type(path) is not _int and not write and directory(path) and not allowed(path, True):
+                    refuse(event, f"open the folder {shown(path)} (only your own folders)")
             elif event in list_events:
                 path = args[0] if args else None
                 if not allowed(path, False):
@@ -272,13 +321,13 @@ def install(*, read_roots, write_roots, deny_roots=(), protect_frames=False, tru
             elif event in process_events:
                 refuse(event, "start another process")
             elif event == "os.kill" or event == "os.killpg":
-                if not (event == "os.kill" and _type(args[0]) is _int and args[0] == own_pid):
+                if not processes and not (event == "os.kill" and _type(args[0]) is _int and args[0] == own_pid):
                     refuse(event, "send signals to other processes")
+            elif event in socket_events:
+                if not socket_allowed(args[1] if _len(args) > 1 else None):
+                    refuse(event, "use the network or another program's socket")
             elif _str.startswith(event, "ctypes."):
                 refuse(event, "use ctypes (it reads and writes any memory)")
-            elif event == "sqlite3.connect":
-                if not (_type(args[0]) is _str and (args[0] == ":memory:" or args[0] == "")):
-                    refuse(event, f"open the database {shown(args[0])}")
             elif event in always_refused:
                 refuse(event, always_refused[event])
             elif event == "import":
@@ -305,7 +354,8 @@ def install(*, read_roots, write_roots, deny_roots=(), protect_frames=False, tru
         finally:
             busy.discard(me)
 
-    _disable_posixsubprocess()
+    if not processes:
+        _disable_posixsubprocess()
     sys.addaudithook(hook)
     return refusals
 

@@ -29,8 +29,11 @@ TRUSTED_MODULES = (
     "torch.utils.hooks", "torch._utils",
 )
 TRUSTED_PACKAGES = ("grader", "torch.nn", "torch.optim", "torch.autograd", "torch.export", "torch.fx")
-# Namespace entries that change without anyone patching anything: by name anywhere, or one entry.
-VOLATILE = frozenset({"__warningregistry__", "__loader__", "__spec__", "__builtins__", "__cached__", "next_id"})
+# Namespace entries that change without anyone patching anything: by name anywhere, or one entry. torch.fx.traceback
+# rebinds the current node's metadata to a new dict whenever torch.compile's inductor traces a graph; copyreg caches
+# a class's __slotnames__ on it the first time an instance is copied or pickled.
+VOLATILE = frozenset({"__warningregistry__", "__loader__", "__spec__", "__builtins__", "__cached__", "next_id",
+                      "current_meta", "current_replay_node", "__slotnames__"})
 _MISSING = object()
 
 
@@ -115,7 +118,7 @@ class Watch:
                                  else f"a global hook in `{label}` was replaced")
             if kind != "module":
                 for key in namespace:
-                    if key not in old:
+                    if key not in old and not (kind == "class" and key in VOLATILE):
                         found.append(f"`{label}.{key}` was added" if kind == "class"
                                      else f"a global hook was registered in `{label}`")
         for label, cell, value in zip(cell_labels, cells, contents):
@@ -158,8 +161,9 @@ def unchanged(data, before, _tuple=tuple, _map=map, _all=all, _zip=zip, _len=len
     namespaces, kinds, cells, classes, names, modules, state = data
     spaces, contents, mros, entries, module_types, values = before
     for namespace, kind, (keys, old, size) in _zip(namespaces, kinds, spaces):
-        if kind != "module" and _len(namespace) != size:
-            return False  # an attribute added to a class, or a global hook registered
+        if kind != "module" and _len(namespace) != size and (kind != "class" or _len(namespace) < size or not _all(
+                key in _volatile for key in _tuple(namespace) if key not in keys)):
+            return False  # an attribute added to a class (but a cache such as copyreg's), or a global hook registered
         now = _tuple(_map(namespace.get, keys, _repeat(_missing)))
         if not _all(_map(_is, now, old)):
             for key, a, b in _zip(keys, old, now):

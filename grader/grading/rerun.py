@@ -1,21 +1,18 @@
 """Grading defences inside nbgrader's autograde pipeline: a guarded kernel, and a re-run out of it.
 
 nbgrader runs a notebook top to bottom in one kernel, so code in an answer cell (or in a cell the
-student added) runs before the tests, in the same process, and can change how they run. Two
-preprocessors, configured in nbgrader_config.py, close that door without knowing the attack:
+student added) runs before the tests, in the same process, and can change how they run and what
+they print. Two preprocessors, configured in nbgrader_config.py, take scoring out of its hands:
 
 * `GuardedExecute` (in place of nbgrader's Execute): before the first cell, the kernel installs
-  the audit hook of `guard` (no reading the course folder, no writing outside the notebook's
-  folder, no processes, no ctypes...), so code in the notebook cannot read the solutions or the
-  gradebook, write grades, or leave a process behind.
-* `RerunTests` (after Execute, before SaveAutoGrades): runs the notebook's cells again in a fresh
-  process forked from a pristine server (`rerun_child`): the locked cells as nbgrader's
-  OverwriteCells restored them from the gradebook (set-up, demos, tests with their hidden part)
-  and the student's answer cells, nothing else. A test cell keeps its points only if it passed in
-  the kernel *and* in the re-run, and if nothing changed what the checks rely on (`integrity`).
-  Otherwise its outputs get an error that says why, so SaveAutoGrades scores it 0, formgrader and
-  the feedback show the reason, and the instructor's log lists it. A test cell that passed in
-  both keeps its points even when torch warned on stderr (nbgrader would score that 0).
+  the audit hook of `guard`, a second layer under the OS sandbox (no reading the course folder,
+  no writing outside the notebook's folder, no databases, no sockets, no ctypes...).
+* `RerunTests` (after Execute): runs the notebook's cells again in a fresh process forked from a
+  pristine server (`rerun_child`): the locked cells as nbgrader's OverwriteCells restored them
+  from the gradebook (set-up, demos, tests with their hidden part) and the student's answer cells,
+  nothing else. Each test cell's verdict (passed, failed, tampered, missing, grader error; the
+  lines its checks printed) goes into its metadata (`scoring.record`), and `scoring.SaveRerunGrades`
+  scores it from that alone: the kernel's outputs are what the student sees, never what is scored.
 
 `Rerunner` is the re-run without nbgrader (the mutation test uses it). This module imports only
 the standard library and nbgrader: nbgrader_config.py loads it by path, so that nbgrader's own
@@ -27,6 +24,7 @@ import hmac
 import importlib.util
 import json
 import os
+import re
 import secrets
 import shutil
 import site
@@ -36,9 +34,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+try:
+    from . import scoring
+except ImportError:  # loaded by path, as nbgrader_config.py does (scoring first, the same way)
+    import grader_scoring as scoring
+
 HERE = Path(__file__).resolve().parent
 PACKAGE = HERE.parent  # the grader package: trusted code, readable by graded code
-ERROR_NAME = "GradingCheckFailed"
 
 
 def _sibling(name: str):
@@ -63,8 +65,9 @@ def python_roots() -> list[str]:
     return sorted({os.path.realpath(p) for p in paths if p} | {os.path.abspath(p) for p in paths if p})
 
 
-def policy(notebook_dir: str, tmp_dir: str, course_root: str, secrets_paths=()) -> dict:
-    """Roots for guard.install: what graded code may read and write, and what it may never see."""
+def policy(notebook_dir: str, tmp_dir: str, course_root: str, secrets_paths=(), processes: bool = False) -> dict:
+    """Roots for guard.install: what graded code may read and write, and what it may never see; whether it may
+    start processes (only inside the OS sandbox, which then holds them)."""
     home = Path.home()
     config = [home / ".ipython", home / ".jupyter", home / ".local/share/jupyter", home / ".config/matplotlib",
               home / ".cache/matplotlib"]
@@ -74,7 +77,25 @@ def policy(notebook_dir: str, tmp_dir: str, course_root: str, secrets_paths=()) 
         "write": [notebook_dir, tmp_dir, "/dev/null", str(home / ".cache/matplotlib")],
         "deny": [course_root, *secrets_paths],
         "trusted_code": python_roots() + [str(PACKAGE)],
+        "processes": bool(processes),
     }
+
+
+def processes_allowed(setting=None) -> bool:
+    """May graded code start processes? As set, or (None) when the OS sandbox holds it: grader/grading/sandbox.py
+    is there and the instructor did not switch it off. Without the sandbox, a process would outlive the guard."""
+    if setting is not None:
+        return bool(setting)
+    if not (HERE / "sandbox.py").exists():
+        return False
+    if "grader_sandbox" not in sys.modules:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("grader_sandbox", HERE / "sandbox.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["grader_sandbox"] = module
+        spec.loader.exec_module(module)
+    return not sys.modules["grader_sandbox"].disabled()
 
 
 def sqlite_path(db_url: str) -> str | None:
@@ -95,10 +116,26 @@ class Outcome:
     error: str = ""    # the exception's type name
     message: str = ""  # its message, or what changed (tampered), or why it is missing
     notes: list[str] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)  # what the checks printed in the checks' format (test cells)
+    seconds: float = 0.0
 
     @property
     def passed(self) -> bool:
         return self.status == "ok"
+
+    def record(self, fields: list[bytes]) -> None:
+        """The fields of the child's signed ``end`` message: status, error, message, notes, lines, seconds."""
+        def decoded(value: bytes) -> str:
+            return value.decode(errors="replace")
+
+        self.status = decoded(fields[2])
+        self.error, self.message = decoded(fields[3]), decoded(fields[4])
+        self.notes = [n for n in decoded(fields[5]).split("\n") if n]
+        self.lines = [line for line in decoded(fields[6]).split("\n") if line] if len(fields) > 6 else []
+        try:
+            self.seconds = float(fields[7]) if len(fields) > 7 else 0.0
+        except ValueError:
+            self.seconds = 0.0
 
 
 class Rerunner:
@@ -108,7 +145,8 @@ class Rerunner:
     def __init__(self, cell_timeout: float = 60, startup_timeout: float = 120):
         self.cell_timeout, self.startup_timeout = cell_timeout, startup_timeout
 
-    def run(self, cells, notebook_dir, *, course_root=None, secrets_paths=(), integrity=True, guard=True) -> list[Outcome]:
+    def run(self, cells, notebook_dir, *, course_root=None, secrets_paths=(), integrity=True, guard=True,
+            processes=False) -> list[Outcome]:
         """Run `cells` ((kind, grade_id, source) in order) with a copy of `notebook_dir` as the folder; one
         Outcome per cell."""
         from multiprocessing.connection import Connection
@@ -122,7 +160,7 @@ class Rerunner:
         key = secrets.token_bytes(32)
         job = {"cells": [list(c) for c in cells], "notebook_dir": workspace.work, "tmp_dir": workspace.tmp,
                "integrity": integrity, "guard": guard,
-               "policy": policy(workspace.work, workspace.tmp, course_root or notebook_dir, secrets_paths),
+               "policy": policy(workspace.work, workspace.tmp, course_root or notebook_dir, secrets_paths, processes),
                "env": {"HOME": workspace.home, "TMPDIR": workspace.tmp}}
         job_read, job_write = os.pipe()
         report_read, report_write = os.pipe()
@@ -169,8 +207,7 @@ class Rerunner:
                 return
             fields = _verify(key, frame)
             if fields is None:
-                self._lose(outcomes, current, "the re-run received a message that the grader did not sign: code "
-                                              "in the notebook wrote to the grader's channel", tampered=True)
+                self._lose(outcomes, current, unsigned_reason(frame), tampered=True)
                 return
             kind = fields[0]
             if kind == b"ready":
@@ -179,11 +216,7 @@ class Rerunner:
                 current = int(fields[1])
                 timeout = self.cell_timeout
             elif kind == b"end":
-                index = int(fields[1])
-                outcome = outcomes[index]
-                outcome.status = fields[2].decode()
-                outcome.error, outcome.message = fields[3].decode(errors="replace"), fields[4].decode(errors="replace")
-                outcome.notes = [n for n in fields[5].decode(errors="replace").split("\n") if n]
+                outcomes[int(fields[1])].record(fields)
             elif kind == b"done":
                 return
 
@@ -204,6 +237,15 @@ def _verify(key: bytes, frame: bytes):
     return message.split(b"\x1f")
 
 
+def unsigned_reason(frame: bytes) -> str:
+    """Why an unsigned message scores the tests as tampered with: the re-run's own alarm, or a forgery."""
+    if frame.startswith(b"alarm\x1f"):
+        name = frame[len(b"alarm\x1f"):][:100].decode(errors="replace")
+        return (f"your function `{name}` changed torch's, Python's or the grader's state while a check ran it, "
+                "and that change was still in place when it returned to the check")
+    return "the re-run received a message that the grader did not sign: code in the notebook wrote to the grader's channel"
+
+
 def _exit_text(process) -> str:
     code = process.poll()
     if code is None:
@@ -218,16 +260,39 @@ def _exit_text(process) -> str:
 
 # ---------------------------------------------------------------- nbgrader: the cells to re-run
 
+# Magics that run their body in the notebook's namespace, so that the names it defines exist after it:
+# in the re-run the body runs as plain code (their timing or captured output does not matter there).
+BODY_CELL_MAGICS = ("time", "capture")
+BODY_LINE_MAGIC = re.compile(r"^(\s*)%time\s+(?=\S)", re.M)
+
+
 def python_source(source: str) -> str:
-    """A cell's source as plain Python: IPython's magics become get_ipython() calls (no-ops in the re-run)."""
+    """A cell's source as plain Python for the re-run.
+
+    ``%%time`` and ``%%capture [name]`` become their body (``name`` is bound to an empty capture), and
+    a line ``%time statement`` its statement, since in a kernel they run that code in the notebook's
+    namespace. Other magics become get_ipython() calls, which do nothing in the re-run.
+    """
+    lines = source.splitlines(keepends=True)
+    first = next((i for i, line in enumerate(lines) if line.strip()), None)
+    captured_as = None
+    if first is not None and lines[first].lstrip().startswith("%%"):
+        name, _, rest = lines[first].strip()[2:].partition(" ")
+        if name in BODY_CELL_MAGICS:
+            lines[first] = "\n"  # keeps the body's line numbers
+            arguments = [a for a in rest.split() if not a.startswith("-")]
+            if name == "capture" and arguments and arguments[-1].isidentifier():
+                captured_as = arguments[-1]
+    code = BODY_LINE_MAGIC.sub(r"\1", "".join(lines))
     try:
         from IPython.core.inputtransformer2 import TransformerManager
-    except ImportError:
-        return source
-    try:
-        return TransformerManager().transform_cell(source)
+
+        code = TransformerManager().transform_cell(code)
     except Exception:
-        return source
+        pass
+    if captured_as:
+        code = f"{code.rstrip()}\n{captured_as} = get_ipython().captured_io()\n"
+    return code
 
 
 def program(nb, gradebook, notebook_id: str, assignment_id: str) -> list[tuple[int, tuple]]:
@@ -301,9 +366,10 @@ def _secrets(config, db_url: str) -> list[str]:
     return found
 
 
-def kernel_guard_code(notebook_dir: str, tmp_dir: str, course_root: str, secrets_paths, preload, log_path) -> str:
+def kernel_guard_code(notebook_dir: str, tmp_dir: str, course_root: str, secrets_paths, preload, log_path,
+                      processes: bool = False) -> str:
     """The code the kernel runs, silently, before the first cell: preload, then install the guard."""
-    roots = policy(notebook_dir, tmp_dir, course_root, secrets_paths)
+    roots = policy(notebook_dir, tmp_dir, course_root, secrets_paths, processes)
     return f"""
 def _grader_guard():
     import importlib.util, os, tempfile
@@ -320,7 +386,7 @@ def _grader_guard():
     for variable, folder in module.TORCH_CACHE_VARIABLES.items():
         os.environ[variable] = os.path.join({tmp_dir!r}, folder)
     module.install(read_roots={roots['read']!r}, write_roots={roots['write']!r}, deny_roots={roots['deny']!r},
-                   log_fd=log_fd, what="your notebook's code")
+                   processes={roots['processes']!r}, log_fd=log_fd, what="your notebook's code")
 _grader_guard()
 del _grader_guard
 """
@@ -342,6 +408,8 @@ class GuardedExecute(_Execute):
     guard = _Bool(True, help="Install the grading guard in the kernel before the first cell.").tag(config=True)
     preload = _List(_Unicode(), ["torch"], help="Modules the kernel imports before the guard is installed "
                                                 "(torch loads libraries with ctypes, which the guard refuses).").tag(config=True)
+    allow_processes = _Bool(None, allow_none=True, help="Let the notebook's code start processes (DataLoader workers, "
+                            "torch.compile's compiler); None: when the OS sandbox holds the kernel.").tag(config=True)
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("kernel_manager_class", _sibling("kernels").kernel_manager_class())
@@ -356,10 +424,12 @@ class GuardedExecute(_Execute):
         self._workspace = kernels.new_workspace(folder or os.getcwd())
         metadata["path"] = self._workspace.work  # the kernel's cwd: the copy, in the sandbox
         self._guard_pending = self.guard
+        started = time.monotonic()
         try:
             nb, resources = super().preprocess(nb, resources, km)
             refused = Path(self._workspace.log).read_text(errors="replace").splitlines()
             resources.setdefault("grader", {})["kernel_refusals"] = list(dict.fromkeys(refused))
+            resources["grader"]["kernel_seconds"] = time.monotonic() - started  # for the class report
             return nb, resources
         finally:
             metadata["path"] = folder
@@ -397,7 +467,8 @@ class GuardedExecute(_Execute):
         workspace = self._workspace
         db_url = resources.get("nbgrader", {}).get("db_url", "")
         code = kernel_guard_code(workspace.work, workspace.tmp, _course_root(self.config),
-                                 _secrets(self.config, db_url), self.preload, workspace.log)
+                                 _secrets(self.config, db_url), self.preload, workspace.log,
+                                 processes_allowed(self.allow_processes))
         msg_id = self.kc.execute(code, silent=True, store_history=False)
         reply = self.wait_for_reply(msg_id)
         if reply is None or reply["content"]["status"] != "ok":
@@ -407,53 +478,55 @@ class GuardedExecute(_Execute):
 
 
 class RerunTests(_NbGraderPreprocessor):
-    """Score a test cell only if it also passes when re-run out of the kernel, with trusted state intact."""
+    """Run every test cell again out of the kernel and record its verdict, the only thing that scores it.
 
-    cell_timeout = _Float(0, help="Seconds a cell may take in the re-run (0: Execute.timeout).").tag(config=True)
+    Each test cell gets ``cell.metadata["grader"]`` and the notebook ``nb.metadata["grader"]`` (see
+    `scoring`); `scoring.SaveRerunGrades` turns them into scores. The notebook is flagged, with the
+    reasons logged, when the kernel's outputs claim more than the re-run gives (stock nbgrader would
+    have scored them), when trusted state was changed, when the guard refused something, and when the
+    grader itself failed in a check (that cell waits for a manual grade). For the instructor, a test
+    whose kernel run and re-run disagree gets an output that says so (formgrader shows it).
+    """
+
+    cell_timeout = _Float(0, help="Seconds a cell may take in the re-run (0: Execute.timeout, or the longest that "
+                                  "Execute.timeout_func gives a cell of the notebook).").tag(config=True)
     check_integrity = _Bool(True, help="Compare torch's, the grader's and Python's state with the pristine one "
                                        "at every cell boundary.").tag(config=True)
     guard = _Bool(True, help="Run the re-run under the grading guard.").tag(config=True)
+    allow_processes = _Bool(None, allow_none=True, help="Let the re-run's code start processes (DataLoader workers, "
+                            "torch.compile's compiler); None: when the OS sandbox holds the re-run.").tag(config=True)
 
     def preprocess(self, nb, resources):
         from nbgrader.api import Gradebook
 
         info = resources["nbgrader"]
+        for cell in nb.cells:  # a verdict comes only from this run, never from the submitted file
+            cell.get("metadata", {}).pop("grader", None)
         with Gradebook(info["db_url"]) as gradebook:
             cells = program(nb, gradebook, info["notebook"], info["assignment"])
         logged = resources.get("grader", {}).get("kernel_refusals", [])
-        reasons = [f"the kernel refused: {line}" for line in dict.fromkeys(logged + kernel_refusals(nb))]
-        if any(kind == "test" for _, (kind, _, _) in cells):
-            reasons += self._rerun(nb, resources, cells)
+        reasons = [f"the kernel refused: {line}" for line in dict.fromkeys(logged + scoring.kernel_refusals(nb))]
+        started = time.monotonic()
+        outcomes = self._rerun(nb, resources, cells) if any(kind == "test" for _, (kind, _, _) in cells) else []
+        seconds = time.monotonic() - started
+        reasons += scoring.record(nb, cells, outcomes)
+        nb.metadata["grader"] = scoring.notebook_verdict(bool(reasons), reasons, seconds,
+                                                         resources.get("grader", {}).get("kernel_seconds"))
         if reasons:
             self._flag(info, reasons)
         return nb, resources
 
-    def _rerun(self, nb, resources, cells) -> list[str]:
-        """Re-run the cells; give a test cell that fails there an error output. The reasons, for the log."""
+    def _rerun(self, nb, resources, cells) -> list[Outcome]:
         info = resources["nbgrader"]
         notebook_dir = resources.get("metadata", {}).get("path") or os.getcwd()
         execute = self.config.get("Execute", {})
         timeout = self.cell_timeout or execute.get("timeout", 30) or 30
+        if not self.cell_timeout and callable(execute.get("timeout_func")):  # nbclient's per-cell limit: the longest
+            timeout = max([timeout] + [execute["timeout_func"](nb.cells[i]) or 0 for i, _ in cells])
         rerunner = Rerunner(cell_timeout=timeout, startup_timeout=max(120, execute.get("startup_timeout", 60)))
-        outcomes = rerunner.run([c for _, c in cells], notebook_dir, course_root=_course_root(self.config),
-                                secrets_paths=_secrets(self.config, info["db_url"]),
-                                integrity=self.check_integrity, guard=self.guard)
-        answers = [o for o in outcomes if o.kind == "answer"]
-        reasons = []
-        for (index, _), outcome in zip(cells, outcomes):
-            if outcome.kind != "test":
-                continue
-            cell = nb.cells[index]
-            in_kernel = not any(o.output_type == "error" for o in cell.outputs)
-            if in_kernel and outcome.passed:
-                _stderr_as_stdout(cell)
-                continue
-            if not in_kernel and outcome.status != "tampered":
-                continue  # failed in the kernel: nbgrader scores it 0 with the kernel's own error
-            reason = explain(outcome, answers, in_kernel)
-            cell.outputs.append(_error_output(reason))
-            reasons.append(f"cell {outcome.grade_id} scored 0: {reason.splitlines()[0]}")
-        return reasons
+        return rerunner.run([c for _, c in cells], notebook_dir, course_root=_course_root(self.config),
+                            secrets_paths=_secrets(self.config, info["db_url"]), integrity=self.check_integrity,
+                            guard=self.guard, processes=processes_allowed(self.allow_processes))
 
     def _flag(self, info, reasons) -> None:
         """Log the reasons for the instructor and flag the notebook in the gradebook (formgrader shows the flag)."""
@@ -468,53 +541,3 @@ class RerunTests(_NbGraderPreprocessor):
                 return
             notebook.flagged = True
             gradebook.db.commit()
-
-
-def kernel_refusals(nb) -> list[str]:
-    """The guard's refusals that the kernel's cells printed (a PermissionError with the guard's words)."""
-    found = []
-    for cell in nb.cells:
-        for output in cell.get("outputs", []) if cell.cell_type == "code" else []:
-            if output.output_type == "error" and "the grader does not let" in output.get("evalue", ""):
-                found.append(output.evalue.splitlines()[0])
-    return found
-
-
-def _stderr_as_stdout(cell) -> None:
-    """A test that passed in the kernel and in the re-run keeps its points even if torch warned on stderr."""
-    for output in cell.outputs:
-        if output.output_type == "stream" and output.name == "stderr":
-            output.name = "stdout"
-
-
-def explain(outcome: Outcome, answers: list[Outcome], in_kernel: bool) -> str:
-    """Why a test cell scores 0: what happened, why, and what to do."""
-    if outcome.status == "tampered":
-        lines = ["✗ grading integrity: this test is scored 0. Code outside the locked cells changed what the "
-                 "grader's checks rely on:"]
-        lines += [f"  - {line}" for line in outcome.message.splitlines()]
-        lines.append("Hint: answer cells must not patch torch, Python's builtins, the grader or Jupyter; write "
-                     "only the code the exercise asks for.")
-        return "\n".join(lines)
-    if outcome.status == "missing":
-        return ("✗ re-run: this test passed in your notebook's kernel, but the grader's re-run of your answer "
-                f"cells gave no verdict: {outcome.message}.\nHint: make sure your answer cells finish quickly "
-                "and do not end the Python process (exit(), os._exit, killing the kernel).")
-    lines = ["✗ re-run: this test passed in your notebook's kernel but failed when the grader ran your answer "
-             "cells again, on their own, in a fresh Python process:",
-             f"  {outcome.error}: {outcome.message}" if outcome.error else f"  {outcome.message}"]
-    broken = [a for a in answers if a.status == "error"]
-    lines += [f"  - your answer cell `{a.grade_id}` raised {a.error}: {a.message.splitlines()[0] if a.message else ''}"
-              for a in broken[:3]]
-    notes = [n for a in answers for n in a.notes] + outcome.notes
-    lines += [f"  - {n}" for n in dict.fromkeys(notes)][:5]
-    lines.append("Hint: the re-run runs only the locked cells and your answer cells, in order; code in cells you "
-                 "added does not run there, and nothing may change how Jupyter runs cells. Put everything your "
-                 "answer needs in its answer cell, then Restart & Run All.")
-    return "\n".join(lines)
-
-
-def _error_output(reason: str):
-    from nbformat.v4 import new_output
-
-    return new_output("error", ename=ERROR_NAME, evalue=reason, traceback=reason.splitlines())

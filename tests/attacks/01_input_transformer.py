@@ -1,7 +1,7 @@
 """An IPython input transformer turns every test cell into `pass`.
 
 where: added first
-stock: 4
+stock: 5
 """
 def _skip_tests(lines):
     return ["pass\n"] if any("check_" in line for line in lines) else lines

@@ -1,7 +1,7 @@
 """The answer cell opens the course's gradebook with sqlite3 and gives itself full manual scores.
 
 where: answer counting_functions
-stock: 4
+stock: 5
 """
 import os
 import sqlite3

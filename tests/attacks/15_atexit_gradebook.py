@@ -2,7 +2,7 @@
 down, after the tests ran.
 
 where: added first
-stock: 4
+stock: 5
 """
 import atexit
 import os

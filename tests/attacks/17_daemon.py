@@ -2,7 +2,7 @@
 manual scores into the gradebook.
 
 where: answer counting_functions
-stock: 4
+stock: 5
 """
 import os
 import subprocess

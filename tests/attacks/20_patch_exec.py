@@ -1,7 +1,7 @@
 """builtins.exec, which IPython calls to run each cell, is replaced by one that skips the tests.
 
 where: added first
-stock: 3
+stock: 4
 """
 import builtins
 

@@ -2,8 +2,8 @@
 answer cell writes made-up verdicts in the re-run's message format to every file descriptor and
 ends the process.
 
-where: added first
-stock: 4
+where: answer counting_functions
+stock: 5
 """
 import os
 import struct

@@ -1,8 +1,8 @@
 """In the kernel, an input transformer skips the tests; in the re-run, the answer cell walks up the
 call stack (sys._getframe) to the re-run's own variables to take the key that signs its reports.
 
-where: added first
-stock: 4
+where: answer counting_functions
+stock: 5
 """
 import sys
 

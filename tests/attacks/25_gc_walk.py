@@ -1,8 +1,8 @@
 """In the kernel, an input transformer skips the tests; in the re-run, the answer cell walks every
 object the garbage collector knows to find the re-run's key.
 
-where: added first
-stock: 4
+where: answer counting_functions
+stock: 5
 """
 import gc
 

@@ -1,8 +1,8 @@
 """In the kernel, an input transformer skips the tests; in the re-run, the answer cell reads the
 process's memory with ctypes.
 
-where: added first
-stock: 4
+where: answer counting_functions
+stock: 5
 """
 import ctypes
 

@@ -1,0 +1,1 @@
+"""Realistic student answers per assignment (unitNN_topic.py, one ANSWERS list each), graded by tests/answer_lab.py."""
