@@ -100,8 +100,8 @@ class Worker:
         if fork_from is not None:
             self.process = worker_code.ForkedWorker(settings, env, self.log, *fork_from)  # (server, others, siblings)
         else:
-            self.process = subprocess.Popen(worker_code.command(settings), stdin=subprocess.PIPE,
-                                            stdout=subprocess.PIPE, stderr=self.log, env=env, start_new_session=True)
+            self.process = subprocess.Popen(worker_code.command(settings), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                            stderr=self.log, env=env, start_new_session=True, cwd=settings.get("cwd"))
         self.ready = False
         self.task: tuple[str, str] | None = None
         self.kernels: list[int] = []  # kernels started for the current task
@@ -369,6 +369,12 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument("--report", type=Path, help="also write the outcomes as JSON to this file")
     cli.add_argument("--log-dir", type=Path, help="where per-student and per-worker logs go (default: a temp folder)")
     cli.add_argument("--quiet", action="store_true", help="no progress line")
+    where = cli.add_mutually_exclusive_group()
+    where.add_argument("--cluster", metavar="local:N",
+                       help="grade on a Dask LocalCluster of N worker processes (grader/grading/cluster.py)")
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="grade on the Dask cluster whose scheduler is at ADDRESS, e.g. tcp://host:8786; "
+                            "this process stays the only writer of the gradebook and of autograded/")
     cli.add_argument("--unsafe-no-sandbox", action="store_true",
                      help="run student code WITHOUT the bubblewrap sandbox (it can then read the solutions and the "
                           "gradebook); for a machine without bubblewrap, where grading otherwise refuses to start")
@@ -388,6 +394,10 @@ def main(argv=None) -> int:
         nbgrader_args.append("--force")
     if args.workers < 1:
         raise SystemExit("grader autograde: --workers must be at least 1")
+    if args.cluster or args.scheduler:  # the workers run the sandbox and the checks; this process only plans and writes
+        from . import cluster
+
+        return cluster.main(args, passthrough, nbgrader_args, assignments)
     sandbox = worker_code.load_sibling("sandbox")
     if args.unsafe_no_sandbox:
         os.environ[sandbox.UNSAFE_ENV] = "1"  # for the workers too
