@@ -214,6 +214,9 @@ class Session:
         from nbgrader.coursedir import CourseDirectory
 
         self.bundle = bundle
+        here = os.path.dirname(sys.executable)  # nbgrader runs `alembic` by name, to create a gradebook
+        if here not in os.environ.get("PATH", "").split(os.pathsep):
+            os.environ["PATH"] = here + os.pathsep + os.environ.get("PATH", "")
         if bundle.get("unsafe"):
             os.environ[worker_code.load_sibling("sandbox").UNSAFE_ENV] = "1"
         self.root = Path(tempfile.mkdtemp(prefix="grader-course-", dir=where))
