@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, nbgrader, tool_env
-from grading_lab import ASSIGNMENT, PARTLY_WRONG, make_lab_course, reference_answers, release, submit, with_attack
+from grading_lab import ASSIGNMENT, make_lab_course, reference_answers, submit, with_attack
 from postgres import running_postgres
 
 pytestmark = pytest.mark.notebooks
@@ -52,6 +52,18 @@ def gradebook_rows(url: str) -> dict:
     return rows
 
 
+def copy_assignment(source: str, target: str) -> None:
+    """The lab as generate_assignment stored it, copied with nbgrader's API (cheaper than generating it again)."""
+    from nbgrader.api import Gradebook
+
+    from grader.grading.cluster import assignment_definition, define_assignment
+
+    with Gradebook(source, COURSE_ID) as gradebook:
+        definition = assignment_definition(gradebook, ASSIGNMENT)
+    with Gradebook(target, COURSE_ID) as gradebook:
+        define_assignment(gradebook, definition)
+
+
 def sqlite(root: Path) -> str:
     return f"sqlite:///{root / 'gradebook.db'}"
 
@@ -60,17 +72,17 @@ def report(root: Path) -> dict:
     return {o["student"]: o for o in json.loads((root / "report.json").read_text())["students"]}
 
 
-STUDENTS = ("blank", "partly_wrong", "reference")
+STUDENTS = ("half", "reference")  # 2 of 5 points, with a "No response." comment; 5 of 5
 
 
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
-    """The class graded by stock nbgrader, then on the cluster into SQLite (a worker killed mid-notebook) and into
-    PostgreSQL. Returns the courses, the PostgreSQL URL's rows, the kill and the events."""
+    """The class graded by stock nbgrader, then on the cluster into PostgreSQL, then into SQLite with a worker killed
+    mid-notebook (its student is regraded by the other worker; the nanny restarts the killed one). Returns the courses,
+    the runs, PostgreSQL's rows, the kill and the SQLite run's events."""
     base = make_lab_course(tmp_path_factory.mktemp("cluster") / "base")
     answers = reference_answers()
-    submit(base, "blank", release(base))
-    submit(base, "partly_wrong", with_attack(base, "nowhere", "", PARTLY_WRONG))
+    submit(base, "half", with_attack(base, "nowhere", "", {"counting_functions": answers["counting_functions"]}))
     submit(base, "reference", with_attack(base, "nowhere", "", answers))
     courses = {way: shutil.copytree(base, base.parent / way) for way in ("stock", "sqlite", "postgresql")}
     nbgrader("autograde", ASSIGNMENT, cwd=courses["stock"])
@@ -78,22 +90,23 @@ def graded(tmp_path_factory):
     with running_postgres() as url, \
             distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                                      memory_limit=0) as cluster, distributed.Client(cluster) as client:
-        # the worker whose student starts grading first is killed 2 s later, by its pid, mid-notebook
+        copy_assignment(sqlite(courses["postgresql"]), url)
+        postgresql_run = autograde(courses["postgresql"], "--scheduler", cluster.scheduler_address, f"--db={url}")
+        postgresql_rows = gradebook_rows(url)
+
+        # on warm workers: the worker whose student starts first is killed 2 s later, by its pid, mid-notebook
+        before = len(client.get_events(TOPIC))
         running = autograde(courses["sqlite"], "--scheduler", cluster.scheduler_address, wait=False)
         kill = None
         while running.poll() is None:
-            started = [m for _, m in client.get_events(TOPIC) if m["event"] == "started"]
+            started = [m for _, m in client.get_events(TOPIC)[before:] if m["event"] == "started"]
             if kill is None and started:
                 time.sleep(2)
                 kill = dict(started[0], at=time.time())
                 os.kill(kill["pid"], signal.SIGKILL)
             time.sleep(0.2)
         sqlite_run = running.communicate() + (running.returncode,)
-        events = [dict(m, at=at) for at, m in client.get_events(TOPIC)]
-
-        nbgrader("generate_assignment", ASSIGNMENT, "--force", f"--db={url}", cwd=courses["postgresql"])
-        postgresql_run = autograde(courses["postgresql"], "--scheduler", cluster.scheduler_address, f"--db={url}")
-        postgresql_rows = gradebook_rows(url)
+        events = [dict(m, at=at) for at, m in client.get_events(TOPIC)[before:]]
     return {"courses": courses, "runs": {"sqlite": sqlite_run, "postgresql": postgresql_run}, "kill": kill,
             "events": events, "postgresql_rows": postgresql_rows}
 
@@ -110,6 +123,7 @@ def test_the_cluster_grades_as_stock_nbgrader(graded, database):
     outcomes = report(courses[database])
     assert {s: o["status"] for s, o in outcomes.items()} == {s: "graded" for s in STUDENTS}
     assert outcomes["reference"]["score"] == outcomes["reference"]["max_score"] == 5.0
+    assert outcomes["half"]["score"] == 2.0
     for student in STUDENTS:  # the instructor's process wrote each autograded notebook
         assert (courses[database] / "autograded" / student / ASSIGNMENT / "lab.ipynb").is_file()
 

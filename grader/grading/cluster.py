@@ -210,6 +210,7 @@ class Session:
     worker thread (each a grading process with its warm server)."""
 
     def __init__(self, bundle: dict, where: str):
+        worker_code.skip_unused_imports()
         from nbgrader.api import Gradebook
         from nbgrader.coursedir import CourseDirectory
 
@@ -268,8 +269,10 @@ class Session:
             self.idle.put(pool)
 
     def close(self) -> None:
-        for pool in self.pools:
-            pool.close(self.app)
+        for pool in self.pools:  # idle grading processes: killed with their warm servers, not waited for
+            for member in pool.members:
+                member.kill()
+                member.log.close()
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -432,8 +435,24 @@ def check_workers(client) -> tuple[dict, dict]:
 
 def main(args, passthrough: list[str], nbgrader_args: list[str], assignments: list[str]) -> int:
     """The --cluster / --scheduler form of `python -m grader autograde`."""
+    started = time.monotonic()
+    client, cluster = connect(args)
+    try:
+        return _run(args, passthrough, nbgrader_args, assignments, client, started)
+    except KeyboardInterrupt:
+        print("grader autograde: interrupted; students in progress were left ungraded (run again to resume)",
+              file=sys.stderr)
+        return 130
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _run(args, passthrough, nbgrader_args, assignments, client, started) -> int:
     from nbgrader.api import Gradebook
 
+    _, threads_here = check_workers(client)  # before anything else: another course version is refused at once
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix=f"autograde-{assignments[0]}-"))
     log_dir.mkdir(parents=True, exist_ok=True)
     app = worker_code.nbgrader_app(nbgrader_args)
@@ -449,35 +468,24 @@ def main(args, passthrough: list[str], nbgrader_args: list[str], assignments: li
     if not tasks and not skipped:
         print(f"grader autograde: no submissions of {' '.join(assignments)} under {app.coursedir.root}", file=sys.stderr)
         return 1
-    started = time.monotonic()
-    client, cluster = connect(args)
     title = assignments[0] if len(assignments) == 1 else f"{len(assignments)} assignments"
     progress = autograde.Progress(title, len(tasks), quiet=args.quiet)
-    outcomes, threads = [], 0
-    try:
-        _, threads_here = check_workers(client)
+    outcomes = []
+    if tasks:
         bundle = course_bundle(app, assignments, passthrough, args, threads_here)
-        if tasks:
-            [shipped] = client.scatter([bundle], broadcast=True, hash=False)
-            checked = _prepare(client, shipped)
-            if not args.quiet:
-                where = f"{args.scheduler}" if args.scheduler else f"a local cluster of {args.cluster.split(':')[1]}"
-                print(f"grader autograde: {where}, {sum(client.nthreads().values())} grading processes; {checked}",
-                      file=sys.stderr)
+        [shipped] = client.scatter([bundle], broadcast=True, hash=False)
+        checked = _prepare(client, shipped)
+        if not args.quiet:
+            where = args.scheduler or f"a local cluster of {args.cluster.split(':')[1]}"
+            print(f"grader autograde: {where}, {sum(client.nthreads().values())} grading processes; {checked}",
+                  file=sys.stderr)
+        try:
             with Gradebook(app.coursedir.db_url, app.coursedir.course_id) as gradebook:
                 outcomes = _grade_all(client, app, gradebook, shipped, tasks, args.student_timeout or timeout,
                                       log_dir, progress)
-        threads = sum(client.nthreads().values())
-    except KeyboardInterrupt:
-        progress.close()
-        print("grader autograde: interrupted; students in progress were left ungraded (run again to resume)",
-              file=sys.stderr)
-        return 130
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
-    progress.close()
+        finally:
+            progress.close()
+    threads = sum(client.nthreads().values())
     wall = time.monotonic() - started
     outcomes += [{"assignment": a, "student": s, "status": "skipped", "score": None, "max_score": None,
                   "seconds": 0.0, "reason": "already graded"} for a, s in skipped]
