@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/autograde.py [--students 6,30] [--workers N] [--assignments 01_registration,...]
                                              [--one-call] [--also-unsandboxed] [--also-cold]
+    .venv/bin/python benchmarks/autograde.py --cluster local:N [--students 8] [--assignments 01_registration]
 
 As instructors grade: one call per assignment, after its deadline, of each command (stock
 `nbgrader autograde ASSIGNMENT`, `python -m grader autograde ASSIGNMENT`), each call paying its own
@@ -15,6 +16,12 @@ and comment of every cell of every student), and the script prints the wall time
 speed-up and the cost per notebook. --also-unsandboxed grades a third copy with
 --unsafe-no-sandbox, which gives the sandbox's cost per notebook. Exit status 1 when the
 gradebooks differ.
+
+--cluster local:N grades the same students four ways instead (no stock run): the single-machine grader with
+1 and N workers, and through a Dask LocalCluster of 1 and N worker processes (each call starting its own
+cluster). It prints the wall times, the overhead per notebook of going through the scheduler, the steady
+rate (notebooks per second once every worker has graded its first), how the cluster's wall time scales from
+1 to N workers, and checks that the four gradebooks are identical.
 """
 
 import argparse
@@ -228,6 +235,73 @@ def measure(students: int, assignments: list[str], args) -> tuple[list[str], boo
     return lines, not any(problems.values()) and graded == notebooks
 
 
+def steady_seconds(report: dict) -> float:
+    """Seconds per notebook between the first and the last result of a run (start-up left out)."""
+    done = sorted(o["done_at"] for o in report["students"] if "done_at" in o)
+    return (done[-1] - done[0]) / (len(done) - 1) if len(done) > 1 else float("nan")
+
+
+def measure_cluster(students: int, assignments: list[str], args) -> tuple[list[str], bool]:
+    """The single-machine grader and the Dask cluster, with 1 and N workers, on the same students."""
+    import json
+    import statistics
+
+    count = int(args.cluster.split(":")[1])
+    scratch = Path(tempfile.mkdtemp(prefix=f"autograde-cluster-benchmark-{students}-"))
+    ways = {"single --workers 1": (1, []), "cluster local:1": (1, ["--cluster", "local:1"]),
+            f"single --workers {count}": (count, []), f"cluster local:{count}": (count, ["--cluster", args.cluster])}
+    try:
+        say(f"Building a course with {len(assignments)} assignments and {students} students each in {scratch}")
+        base = scratch / "base"
+        base.mkdir()
+        make_course(base, assignments)
+        notebooks = file_students(base, assignments, students, args.seed)
+        say(f"{notebooks} notebooks; {len(os.sched_getaffinity(0))} cores; {load()}")
+        walls, reports, rows = {}, {}, {}
+        for index, (way, (workers, extra)) in enumerate(ways.items()):
+            course = shutil.copytree(base, scratch / f"way{index}")
+            say(f"{way}:")
+            walls[way], _ = timed(grade_ours, course, assignments, workers, [*extra, "--report", "report.json"], True)
+            reports[way] = json.loads((course / "report.json").read_text())
+            rows[way] = gradebook(course)
+        after = load()
+    finally:
+        if args.keep:
+            say(f"kept {scratch}")
+        else:
+            shutil.rmtree(scratch, ignore_errors=True)
+    names = list(ways)
+    steady = {way: steady_seconds(reports[way]) for way in names}
+    lines = [f"\n{students} students per assignment: {notebooks} notebooks ({len(assignments)} assignments), "
+             f"{len(os.sched_getaffinity(0))} cores, one call for all assignments, sandbox on; {after} at the end",
+             f"{'':<26}{'wall':>9}{'per notebook':>14}{'steady':>10}{'start-up':>10}"]
+    for way in names:  # start-up: the wall time less the steady time of all notebooks but the first
+        lines.append(f"{way:<26}{walls[way]:>8.1f}s{walls[way] / notebooks:>13.2f}s{steady[way]:>9.2f}s"
+                     f"{walls[way] - steady[way] * (notebooks - 1):>9.1f}s")
+    for workers in (1, count):
+        single, cluster = names[0 if workers == 1 else 2], names[1 if workers == 1 else 3]
+        graded = [o for o in reports[cluster]["students"] if "overhead_seconds" in o]
+        mean = {key: statistics.mean(o[key] for o in graded) for key in ("overhead_seconds", "send_seconds",
+                                                                           "write_seconds", "seconds")}
+        lines.append(f"Through the scheduler, {workers} worker{'s' * (workers > 1)}: "
+                     f"{steady[cluster] - steady[single]:+.2f} s per notebook at the steady rate, "
+                     f"{walls[cluster] - walls[single]:+.1f} s of wall in all, against the single machine. Per "
+                     f"notebook: grading {mean['seconds']:.2f} s; on the worker {mean['overhead_seconds']:.3f} s "
+                     f"around it (files, scratch gradebook); in this process {mean['send_seconds']:.3f} s to send "
+                     f"and {mean['write_seconds']:.3f} s to write (gradebook rows, autograded/)")
+    lines.append(f"Scaling, 1 -> {count} workers (steady rate): single machine "
+                 f"{steady[names[0]] / steady[names[2]]:.2f}x, cluster {steady[names[1]] / steady[names[3]]:.2f}x; "
+                 f"wall: {walls[names[0]] / walls[names[2]]:.2f}x, {walls[names[1]] / walls[names[3]]:.2f}x")
+    problems = {way: compare(rows[names[0]], rows[way]) for way in names[1:]}
+    for way, found in problems.items():
+        if found:
+            lines.append(f"Gradebooks DIFFER ({way} vs {names[0]}), {len(found)} values:")
+            lines += found[:40]
+    if not any(problems.values()):
+        lines.append(f"Gradebooks identical (all four ways): {len(rows[names[0]])} grades and comments.")
+    return lines, not any(problems.values()) and len({k[:3] for k in rows[names[0]]}) == notebooks
+
+
 def sandbox_cost(repeats: int) -> list[str]:
     """What the sandbox adds to one notebook, process by process: a kernel's life (start, one cell, shutdown)
     launched as stock nbgrader launches it, plain or through bwrap; forked by a warm server outside or inside
@@ -320,6 +394,9 @@ def main(argv=None) -> int:
                      help="also grade in parallel without warm kernels (--no-warm), to show what they buy")
     cli.add_argument("--sandbox-cost", type=int, metavar="N",
                      help="only measure what the sandbox adds to a kernel and a re-run, N times each")
+    cli.add_argument("--cluster", metavar="local:N",
+                     help="compare the single-machine grader with a Dask LocalCluster, at 1 and N workers "
+                          "(no stock run; default students 8, e.g. --assignments 01_registration)")
     cli.add_argument("--seed", type=int, default=7)
     cli.add_argument("--keep", action="store_true", help="keep the scratch courses")
     args = cli.parse_args(argv)
@@ -329,8 +406,10 @@ def main(argv=None) -> int:
         print("\n".join(sandbox_cost(args.sandbox_cost)))
         return 0
     agree = True
+    if args.cluster and args.students == "6,30":
+        args.students = "8"
     for students in [int(k) for k in args.students.split(",")]:
-        lines, same = measure(students, assignments, args)
+        lines, same = (measure_cluster if args.cluster else measure)(students, assignments, args)
         print("\n".join(lines), flush=True)
         agree = agree and same
     print("\nWall: elapsed time, start-up of every process included (one call: one command, as an instructor "

@@ -519,7 +519,7 @@ def _grade_all(client, app, gradebook, shipped, tasks, timeout, log_dir, progres
     """Submit students a window at a time (each worker thread busy, one more queued); write each result once."""
     from distributed import KilledWorker, wait
 
-    pending, in_flight, outcomes = list(reversed(tasks)), {}, {}
+    pending, in_flight, outcomes, send_seconds = list(reversed(tasks)), {}, {}, {}
     running: set = set()
 
     def on_event(event):
@@ -533,12 +533,14 @@ def _grade_all(client, app, gradebook, shipped, tasks, timeout, log_dir, progres
         window = 2 * max(1, sum(client.nthreads().values()))
         while pending and len(in_flight) < window:
             assignment, student = task = pending.pop()
+            sending = time.monotonic()
             folder = Path(coursedir.format_path(coursedir.submitted_directory, student, assignment))
             job = {"assignment": assignment, "student": student, "files": _read_files(folder), "timeout": timeout,
                    "rows": student_rows(gradebook, assignment, student)}
             future = client.submit(_ByValue(_on_worker), "grade", shipped, job, pure=False,
                                    key=f"grader-autograde-{assignment}-{student}-{time.monotonic_ns()}")
             in_flight[future] = task
+            send_seconds[task] = round(time.monotonic() - sending, 3)
         progress.running = len(running & set(in_flight.values()))
         progress.update()
         try:
@@ -560,9 +562,12 @@ def _grade_all(client, app, gradebook, shipped, tasks, timeout, log_dir, progres
                 outcome = _lost(task, "failed", worker_code._short(f"grader error on the cluster: "
                                                                    f"{type(error).__name__}: {error}", 300))
             else:
+                writing = time.monotonic()
                 outcome = _record(app, gradebook, result, log_dir)
+                outcome["write_seconds"] = round(time.monotonic() - writing, 3)
             if outcome["status"] != "graded":
                 autograde.remove_output(app, assignment, student)
+            outcome.update(send_seconds=send_seconds[task], done_at=round(time.monotonic() - progress.started, 2))
             outcomes[task] = outcome
             running.discard(task)
             progress.done += 1
