@@ -18,8 +18,8 @@ ASSIGNMENTS = sorted(p.name for p in (ROOT / "solutions").iterdir() if p.is_dir(
 
 # Files whose tests take longest, started first (make test: --dist loadfile --no-loadscope-reorder) so that no
 # worker is left with one of them at the end. test_feedback reads the grading lab that test_attacks builds.
-LONGEST_FIRST = ("test_attacks.py", "test_bad_submissions.py", "test_autograde.py", "test_assignments.py",
-                 "test_mutants.py", "test_report.py", "test_answer_corpus.py", "test_lessons_portable.py", "test_student_kit.py",
+LONGEST_FIRST = ("test_attacks.py", "test_bad_submissions.py", "test_autograde.py", "test_cluster.py",
+                 "test_assignments.py", "test_mutants.py", "test_report.py", "test_answer_corpus.py", "test_lessons_portable.py", "test_student_kit.py",
                  "test_browser.py", "test_devices_and_cli.py")
 LAST = ("test_feedback.py",)
 

@@ -56,7 +56,7 @@ def copy_assignment(source: str, target: str) -> None:
     """The lab as generate_assignment stored it, copied with nbgrader's API (cheaper than generating it again)."""
     from nbgrader.api import Gradebook
 
-    from grader.grading.cluster import assignment_definition, define_assignment
+    from grader.grading.cluster_worker import assignment_definition, define_assignment
 
     with Gradebook(source, COURSE_ID) as gradebook:
         definition = assignment_definition(gradebook, ASSIGNMENT)
