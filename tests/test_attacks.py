@@ -33,7 +33,7 @@ from grading_lab import ATTACKS, HONEST
 pytestmark = pytest.mark.notebooks
 slow = pytest.mark.slow
 
-DOC = ROOT / "docs" / "grading-security.md"
+TABLE_PAGES = (ROOT / "README.md", ROOT / "docs" / "grading-security.md")  # each holds the table between the markers
 TABLE_START, TABLE_END = "<!-- attack table: start -->", "<!-- attack table: end -->"
 
 
@@ -141,10 +141,19 @@ def markdown_table() -> str:
     return "\n".join(rows)
 
 
-def test_the_documented_table_is_the_corpus():
-    text = DOC.read_text()
+def write_tables() -> None:
+    """Regenerate the table between the markers of every page: `python tests/test_attacks.py`."""
+    for page in TABLE_PAGES:
+        before, rest = page.read_text().split(TABLE_START, 1)
+        page.write_text(f"{before}{TABLE_START}\n{markdown_table()}\n{TABLE_END}{rest.split(TABLE_END, 1)[1]}")
+
+
+@pytest.mark.parametrize("page", TABLE_PAGES, ids=lambda p: p.name)
+def test_the_documented_table_is_the_corpus(page):
+    text = page.read_text()
+    assert TABLE_START in text and TABLE_END in text, f"{page.name} lost its attack table markers"
     table = text.split(TABLE_START, 1)[1].split(TABLE_END, 1)[0].strip()
-    assert table == markdown_table(), f"regenerate the table in {DOC.name}:\n{markdown_table()}"
+    assert table == markdown_table(), f"regenerate the table in {page.name}: python tests/test_attacks.py"
 
 
 # ---------------------------------------------------------------- every assignment, through the re-run alone (fast)
@@ -174,3 +183,7 @@ def test_blank_release_fails_every_test_of_the_rerun(rerunner, assignment, tmp_p
         outcomes = rerunner.run(source_program(nbformat.read(path, as_version=4)), tmp_path, course_root=str(ROOT))
         passed = [o.grade_id for o in outcomes if o.kind == "test" and o.passed]
         assert not passed and any(o.kind == "test" for o in outcomes), f"{path.name}: the blank passes {passed}"
+
+
+if __name__ == "__main__":
+    write_tables()
