@@ -26,6 +26,10 @@ $(VENV): pyproject.toml ## create the virtual environment (only set-up)
 	$(BIN)/pip install --quiet --upgrade "pip>=24"
 	$(BIN)/pip install --quiet -e ".[test]"
 	$(BIN)/jupyter labextension enable @jupyter/nbgrader >/dev/null
+	@# Grading runs student code in a bubblewrap sandbox: install it when we can, else say how.
+	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		{ apt-get install -y -q bubblewrap >/dev/null || { apt-get update -q && apt-get install -y -q bubblewrap >/dev/null; }; }; } || \
+		echo "Grading needs bubblewrap, which is not installed: sudo apt-get install bubblewrap"
 	touch $(VENV)
 
 # news_url=None: no "news" notification from JupyterLab on a course machine.

@@ -19,7 +19,8 @@ An attack file's docstring says what it does, then its fields: ``where`` (see `w
 reference answers rather than the blank release), ``first_line`` (a cell magic, put before the
 code), ``effect`` (``leak``: it aims at hidden test code in the feedback; ``script``: at running its
 script in formgrader or the feedback; by default at the score) and ``needs: processes`` (an honest
-case that needs the OS sandbox, which lets graded code start processes). Files named ``honest_*``
+case that needs the OS sandbox, which lets graded code start processes; ``contained``: why an attack
+that the sandbox lets run, and so leaves unflagged, still reaches nothing). Files named ``honest_*``
 are honest, correct answers: full marks, never flagged.
 """
 
@@ -107,6 +108,7 @@ class Attack:
     first_line: str = ""    # a cell magic (not Python, so it lives in the header): the cell's first line
     effect: str = "score"   # or "leak" (hidden tests in feedback), "script" (runs in formgrader or feedback)
     needs: str = ""         # "processes": an honest case that needs the OS sandbox
+    contained: str = ""     # why, inside the OS sandbox, the attempt runs unrefused (so unflagged) yet reaches nothing
 
     @property
     def honest(self) -> bool:
@@ -122,7 +124,8 @@ def load_attack(path: Path) -> Attack:
     if fields.get("first_line"):
         code = fields["first_line"] + "\n" + code
     return Attack(path.stem, title, fields["where"], float(fields["stock"]), code, fields.get("answers", "blank"),
-                  fields.get("first_line", ""), fields.get("effect", "score"), fields.get("needs", ""))
+                  fields.get("first_line", ""), fields.get("effect", "score"), fields.get("needs", ""),
+                  fields.get("contained", ""))
 
 
 CORPUS = [load_attack(p) for p in sorted(ATTACKS_DIR.glob("*.py"))]

@@ -85,8 +85,11 @@ def test_stock_nbgrader_gives_what_the_table_says(graded, attack):
 
 @slow
 def test_attacks_that_beat_stock_are_flagged_by_ours(graded):
-    """Where stock nbgrader gave points, ours scored 0 *and* flagged the notebook for the instructor."""
-    unflagged = [a.name for a in ATTACKS if a.stock > 0 and not graded["ours"][a.name][1]]
+    """Where stock nbgrader gave points, ours scored 0 *and* flagged the notebook for the instructor, unless the OS
+    sandbox let the attempt run (processes are allowed there) and held it: the attack says how (``contained``)."""
+    sandboxed = lab.allows_processes(graded["courses"]["ours"])
+    unflagged = [a.name for a in ATTACKS if a.stock > 0 and not graded["ours"][a.name][1]
+                 and not (sandboxed and a.contained)]
     assert not unflagged
 
 

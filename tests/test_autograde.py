@@ -200,12 +200,18 @@ def _run_probe(folder: Path) -> dict:
                    extra_arguments=["--HistoryManager.hist_file=:memory:"]).execute()
     probe = json.loads(notebook.cells[0].outputs[0]["text"])
     probe["argv"] = probe["argv"][1:]  # the connection file's name differs
+    probe["cwd"] = os.path.basename(probe["cwd"])  # each kernel runs in a fresh copy of the folder
     return probe
 
 
 def test_a_forked_kernel_looks_like_a_freshly_started_one(tmp_path):
+    """Forked by the warm server, or launched through bwrap as stock nbgrader's GuardedExecute launches it."""
     kernels = _kernels_module()
-    fresh = _run_probe(tmp_path)
+    kernels.install(None)
+    try:
+        fresh = _run_probe(tmp_path)
+    finally:
+        kernels.uninstall()
     server = kernels.ForkServer()
     server.preload(["math"])
     kernels.install(server)
@@ -216,20 +222,22 @@ def test_a_forked_kernel_looks_like_a_freshly_started_one(tmp_path):
         kernels.uninstall()
         server.close()
     assert forked == fresh
+    assert fresh["cwd"] == tmp_path.name
 
 
 def test_the_fork_server_refuses_to_fork_a_state_with_threads(tmp_path):
     """A preloaded module that starts a thread makes forking unsafe: kernels then start the normal way."""
     (tmp_path / "starts_a_thread.py").write_text("import threading, time\n"
                                                  "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n")
+    tmp_path.chmod(0o755)  # readable by the sandbox's own uid (pytest makes it 0700)
     kernels = _kernels_module()
-    server = kernels.ForkServer(env=dict(os.environ, PYTHONPATH=str(tmp_path)))
+    server = kernels.ForkServer(env=dict(os.environ, PYTHONPATH=str(tmp_path)), readonly=[str(tmp_path)])
     server.preload(["starts_a_thread"])
     kernels.install(server)
     try:
         assert not server.wait_ready()
         assert "a Python thread is running" in server.problem
-        assert _run_probe(tmp_path)["cwd"] == str(tmp_path)  # graded all the same, by a normal kernel
+        assert _run_probe(tmp_path)["cwd"] == tmp_path.name  # graded all the same, by a kernel launched through bwrap
         assert (server.forked, server.fallbacks) == (0, 1)
     finally:
         kernels.uninstall()

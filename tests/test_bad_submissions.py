@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -56,9 +57,10 @@ def _changed_ids(root):
     return notebook
 
 
-def _crawling(root, pid_file):
-    """40 cells that each sleep just under nbgrader's cell timeout: stock would sit through 100 s."""
-    notebook = _with(root, square=f"import os\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+def _crawling(root, name):
+    """40 cells that each sleep just under nbgrader's cell timeout: stock would sit through 100 s. The kernel
+    names itself (its pid in the sandbox means nothing here), so that the test can find it."""
+    notebook = _with(root, square=f"open('/proc/self/comm', 'w').write({name!r})\n"
                                   "def square(x):\n    return x * x")
     notebook.cells += [nbformat.v4.new_code_cell(f"import time\ntime.sleep({CELL_TIMEOUT - 0.5})") for _ in range(40)]
     return notebook
@@ -84,11 +86,49 @@ def corpus(root: Path, scratch: Path) -> dict:
                                     "    return x * x"),
         "ignores-interrupt": _with(root, cube="import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
                                               "while True:\n    pass"),
-        "crawls": _crawling(root, scratch / "crawling-kernel.pid"),
+        "crawls": _crawling(root, CRAWLER),
         "fifo": "fifo",  # the notebook is a named pipe: reading it blocks forever
 
         "zz-good-after": _with(root),
     }
+
+
+CRAWLER = "crawl-kernel"
+
+
+def _processes_named(name: str) -> list[int]:
+    found = []
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() == name:
+                found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+class _Watch(threading.Thread):
+    """Notes whether a process of this name ran on this machine while the grading ran (the control)."""
+
+    def __init__(self, name: str):
+        super().__init__(daemon=True)
+        self.process_name, self.seen, self.done = name, False, threading.Event()
+
+    def run(self):
+        while not self.done.is_set():
+            self.seen = self.seen or bool(_processes_named(self.process_name))
+            time.sleep(0.2)
+
+
+def _gone(name: str, seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not _processes_named(name):
+            return True
+        time.sleep(0.2)
+    for pid in _processes_named(name):
+        os.kill(pid, signal.SIGKILL)
+    return False
 
 
 def _submit_all(root: Path, submissions: dict, skip=()) -> None:
@@ -115,12 +155,14 @@ def graded(tmp_path_factory):
     pristine = copy_course(root, scratch / "pristine")
     submissions = corpus(root, scratch)
     _submit_all(root, submissions)
-    started = time.monotonic()
+    started, watch = time.monotonic(), _Watch(CRAWLER)
+    watch.start()
     done = subprocess.run([sys.executable, "-m", "grader", "autograde", ASSIGNMENT, "--workers", "2",
                            "--student-timeout", str(STUDENT_TIMEOUT), "--report", "report.json"],
                           cwd=root, env=tool_env(), capture_output=True, text=True, timeout=900)
+    watch.done.set()
     return {"root": root, "pristine": pristine, "scratch": scratch, "done": done, "submissions": submissions,
-            "outcomes": report(root / "report.json"), "wall": time.monotonic() - started}
+            "outcomes": report(root / "report.json"), "wall": time.monotonic() - started, "crawler seen": watch.seen}
 
 
 def outcome(graded, student):
@@ -191,16 +233,8 @@ def test_notes_reach_the_feedback_where_nbgrader_carries_them(graded):
 
 
 def test_a_stopped_students_kernel_dies_with_its_worker(graded):
-    pid = int((graded["scratch"] / "crawling-kernel.pid").read_text())
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.2)
-    os.kill(pid, signal.SIGKILL)
-    pytest.fail(f"the stopped student's kernel (pid {pid}) outlived the grading run")
+    assert graded["crawler seen"], "the crawling kernel never ran"
+    assert _gone(CRAWLER), "the stopped student's kernel outlived the grading run"
 
 
 def test_stock_nbgrader_leaves_the_same_gradebook(graded):
@@ -224,16 +258,17 @@ def test_stock_nbgrader_leaves_the_same_gradebook(graded):
 
 
 def test_without_warm_kernels_a_stopped_students_kernel_dies_too(tmp_path):
-    """--no-warm kernels lead their own process group, apart from the worker's: the parent kills them by pid."""
+    """--no-warm kernels are launched through bwrap, apart from the worker's process group: the parent kills
+    their sandbox by pid."""
     root = make_course(tmp_path / "course", timeout=CELL_TIMEOUT)
-    pid_file = tmp_path / "kernel.pid"
-    submit(root, "crawls", _crawling(root, pid_file))
+    submit(root, "crawls", _crawling(root, "crawl-cold"))
+    watch = _Watch("crawl-cold")
+    watch.start()
     done = subprocess.run([sys.executable, "-m", "grader", "autograde", ASSIGNMENT, "--no-warm", "--quiet",
                            "--student-timeout", "12", "--report", "report.json"],
                           cwd=root, env=tool_env(), capture_output=True, text=True, timeout=300)
+    watch.done.set()
     assert done.returncode == 1
     assert report(root / "report.json")["crawls"]["status"] == "timed out"
-    pid = int(pid_file.read_text())
-    time.sleep(0.5)
-    with pytest.raises(ProcessLookupError):
-        os.kill(pid, 0)
+    assert watch.seen, "the crawling kernel never ran"
+    assert _gone("crawl-cold", seconds=2)

@@ -86,18 +86,30 @@ def default_student_timeout(app, notebooks: list[Path]) -> float:
 # ---------------------------------------------------------------- workers
 
 class Worker:
-    """A worker process and the task (assignment, student) it is grading."""
+    """A worker process and the task (assignment, student) it is grading.
 
-    def __init__(self, index: int, settings: dict, env: dict, log_path: Path, events: queue.Queue):
+    Started as its own process, or (`fork_from`) forked from this one once it has imported nbgrader,
+    with a warm server this process started: the worker then skips nbgrader's imports (about 3 s of
+    CPU each) and finds its server already importing torch.
+    """
+
+    def __init__(self, index: int, settings: dict, env: dict, log_path: Path, events: queue.Queue, *,
+                 fork_from=None):
         self.index, self.log_path = index, log_path
         self.log = open(log_path, "ab")
-        self.process = subprocess.Popen(worker_code.command(settings), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=self.log, env=env, start_new_session=True)
+        if fork_from is not None:
+            self.process = worker_code.ForkedWorker(settings, env, self.log, *fork_from)  # (server, others, siblings)
+        else:
+            self.process = subprocess.Popen(worker_code.command(settings), stdin=subprocess.PIPE,
+                                            stdout=subprocess.PIPE, stderr=self.log, env=env, start_new_session=True)
         self.ready = False
         self.task: tuple[str, str] | None = None
         self.kernels: list[int] = []  # kernels started for the current task
         self.started = 0.0
-        threading.Thread(target=self._read, args=(events,), daemon=True).start()
+        self.events = events
+
+    def begin(self) -> None:
+        threading.Thread(target=self._read, args=(self.events,), daemon=True).start()
 
     def _read(self, events: queue.Queue) -> None:
         for line in self.process.stdout:
@@ -180,8 +192,8 @@ def _duration(seconds: float) -> str:
 
 
 class Pool:
-    """Worker processes, started early (they load nbgrader and warm their kernels while the parent
-    plans), then fed one student at a time."""
+    """Worker processes, forked once the parent has loaded nbgrader and planned (each with a warm server the
+    parent started first), then fed one student at a time; a worker that dies is replaced by a new process."""
 
     def __init__(self, settings: dict, log_dir: Path, progress: Progress):
         self.settings, self.log_dir, self.progress = settings, log_dir, progress
@@ -194,15 +206,28 @@ class Pool:
         self.started = 0
 
     def start(self, count: int = 1) -> None:
+        """Start workers as processes of their own (each loads nbgrader and starts its warm server)."""
         for _ in range(count):
             self.started += 1
-            self.members.append(Worker(self.started, self.settings, self.env,
-                                       self.log_dir / f"worker-{self.started}.log", self.events))
+            member = Worker(self.started, self.settings, self.env, self.log_dir / f"worker-{self.started}.log",
+                            self.events)
+            self.members.append(member)
+            member.begin()
 
-    def shrink(self, count: int) -> None:
-        """Keep at most `count` workers (there are fewer students than workers)."""
-        while len(self.members) > count:
-            self.members.pop().stop()
+    def fork(self, servers: list) -> None:
+        """Fork one worker per server (or per None: cold kernels) from this process, which must have no thread."""
+        forked = []
+        for index, server in enumerate(servers):
+            self.started += 1
+            others = [s for i, s in enumerate(servers) if i != index and s is not None]
+            forked.append(Worker(self.started, self.settings, self.env, self.log_dir / f"worker-{self.started}.log",
+                                 self.events, fork_from=(server, others, self.members + forked)))
+        for server in servers:
+            if server is not None:
+                server.release()
+        for member in forked:
+            self.members.append(member)
+            member.begin()
 
     def close(self, app) -> None:
         for member in self.members:
@@ -344,6 +369,9 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument("--report", type=Path, help="also write the outcomes as JSON to this file")
     cli.add_argument("--log-dir", type=Path, help="where per-student and per-worker logs go (default: a temp folder)")
     cli.add_argument("--quiet", action="store_true", help="no progress line")
+    cli.add_argument("--unsafe-no-sandbox", action="store_true",
+                     help="run student code WITHOUT the bubblewrap sandbox (it can then read the solutions and the "
+                          "gradebook); for a machine without bubblewrap, where grading otherwise refuses to start")
     return cli
 
 
@@ -360,8 +388,16 @@ def main(argv=None) -> int:
         nbgrader_args.append("--force")
     if args.workers < 1:
         raise SystemExit("grader autograde: --workers must be at least 1")
-    # One named student of one assignment needs one worker; otherwise start them all now, before
-    # planning, so that their start (nbgrader, ipykernel and torch imports) overlaps the parent's.
+    sandbox = worker_code.load_sibling("sandbox")
+    if args.unsafe_no_sandbox:
+        os.environ[sandbox.UNSAFE_ENV] = "1"  # for the workers too
+        print("grader autograde: WARNING: no sandbox (--unsafe-no-sandbox): student code can read the solutions, "
+              "the gradebook and other students' work", file=sys.stderr)
+    try:
+        sandbox.require()
+    except sandbox.SandboxUnavailable as error:
+        raise SystemExit(f"grader autograde: grading refused: {error}") from None
+    # One named student of one assignment needs one worker.
     single = args.student and not set("*?[") & set(args.student) and len(assignments) == 1
     workers = 1 if single else args.workers
     threads = args.kernel_threads or max(1, len(os.sched_getaffinity(0)) // workers)
@@ -369,19 +405,25 @@ def main(argv=None) -> int:
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix=f"autograde-{assignments[0]}-"))
     log_dir.mkdir(parents=True, exist_ok=True)
     settings = {"nbgrader_args": nbgrader_args, "assignments": assignments, "warm": args.warm,
-                "log_dir": str(log_dir),
+                "log_dir": str(log_dir), "checked": True,  # no student is handed out before the check passes
                 "preload": None if args.preload is None else [m for m in args.preload.split(",") if m],
                 "thread_env": {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}}
     progress = Progress(title, 0, quiet=args.quiet)
     pool = Pool(settings, log_dir, progress)
     started = time.monotonic()
-    app = None
+    app, servers = None, []
     try:
-        pool.start(workers)
+        if args.warm:  # the warm servers start now, in their sandboxes, while this process loads nbgrader
+            kernels = worker_code.load_sibling("kernels")
+            servers = [kernels.ForkServer(adopt=False) for _ in range(workers)]
+            if worker_code.reruns_hinted():
+                for server in servers:
+                    server.preload([], rerun=True)
         app = worker_code.nbgrader_app(nbgrader_args)
         if not any(a.startswith("--log-level") for a in passthrough):
             app.log.setLevel(logging.WARNING)  # nbgrader's per-student INFO lines go to the logs, not here
         app.coursedir.db_url = worker_code.with_busy_timeout(app.coursedir.db_url)
+        _preflight(app, sandbox, quiet=args.quiet)
         tasks, skipped, notebooks, timeout = [], [], {}, 0.0
         for assignment in assignments:
             _check_gradebook(app, assignment)
@@ -394,9 +436,21 @@ def main(argv=None) -> int:
             timeout = max(timeout, default_student_timeout(app, notebooks[assignment]))
         if not tasks and not skipped:
             return 1
-        pool.shrink(min(workers, len(tasks)))
         progress.total = len(tasks)
-        outcomes = pool.run(app, tasks, args.student_timeout or timeout) if tasks else []
+        outcomes = []
+        if tasks:
+            used = min(workers, len(tasks))
+            for server in servers[used:]:
+                server.release()
+            if servers:
+                modules = worker_code.preload_modules(app, settings)
+                for server in servers[:used]:
+                    server.preload(modules, rerun=worker_code.reruns_configured(app))
+            if threading.active_count() == 1:  # fork the workers: they skip nbgrader's imports
+                pool.fork(servers[:used] or [None] * used)
+            else:
+                pool.start(used)
+            outcomes = pool.run(app, tasks, args.student_timeout or timeout)
     except KeyboardInterrupt:
         progress.close()
         print("grader autograde: interrupted; students in progress were left ungraded (run again to resume)",
@@ -404,6 +458,9 @@ def main(argv=None) -> int:
         return 130
     finally:
         pool.close(app)
+        for server in servers:
+            server.release()
+            server.close()  # its worker closed the channel: the server has ended, or ends now
     progress.close()
     wall = time.monotonic() - started
     outcomes += [{"assignment": a, "student": s, "status": "skipped", "score": None, "max_score": None,
@@ -418,6 +475,21 @@ def main(argv=None) -> int:
                                            "notebooks": graded_notebooks, "warm": args.warm,
                                            "students": outcomes}, indent=1))
     return 0 if all(o["status"] in ("graded", "skipped") for o in outcomes) else 1
+
+
+def _preflight(app, sandbox, quiet: bool) -> None:
+    """Before grading anyone: the sandbox works, and shows kernels this course's grader, nothing of the course."""
+    coursedir = app.coursedir
+    url = coursedir.db_url
+    hidden = [url[len("sqlite:///"):].split("?", 1)[0] if url.startswith("sqlite:///") else ""]
+    hidden += [os.path.join(coursedir.root, folder) for folder in (coursedir.source_directory,
+               coursedir.submitted_directory, coursedir.autograded_directory)]
+    try:
+        line = sandbox.preflight(coursedir.root, secrets=hidden, config_files=app.loaded_config_files)
+    except (sandbox.StartupError, sandbox.SandboxUnavailable) as error:
+        raise SystemExit(f"grader autograde: grading refused: {error}") from None
+    if not quiet:
+        print(f"grader autograde: {line}", file=sys.stderr)
 
 
 def _check_gradebook(app, assignment: str) -> None:

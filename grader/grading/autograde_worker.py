@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -110,6 +111,35 @@ _running = {"cell": None}
 
 def _note_cell(cell, cell_index, **_):
     _running["cell"] = cell.metadata.get("nbgrader", {}).get("grade_id") or f"#{cell_index + 1}"
+
+
+def preload_modules(app, settings: dict) -> list[str]:
+    """What the warm server imports: --preload, or what the notebooks of every assignment to grade import."""
+    kernels = load_sibling("kernels")
+    if settings.get("preload") is not None:
+        return list(settings["preload"])
+    found, current = [], app.coursedir.assignment_id
+    for assignment in settings.get("assignments") or [current]:
+        app.coursedir.assignment_id = assignment
+        found += [m for m in kernels.imported_modules(source_notebooks(app)) if m not in found]
+    app.coursedir.assignment_id = current
+    return found
+
+
+def reruns_configured(app) -> bool:
+    """Does the course's configuration re-run the tests (the grading defences' RerunTests)?"""
+    preprocessors = app.config.get("Autograde", {}).get("autograde_preprocessors", [])
+    return any("RerunTests" in getattr(p, "__name__", str(p)) for p in preprocessors)
+
+
+def reruns_hinted() -> bool:
+    """A guess, before nbgrader is loaded, that the course's configuration re-runs the tests: the warm servers
+    can then start importing torch, the grader and the re-run at once (a wrong guess costs that import)."""
+    try:
+        return "RerunTests" in Path("nbgrader_config.py").read_text()
+    except OSError:
+        return False
+
 
 
 # ---------------------------------------------------------------- one student
@@ -328,7 +358,36 @@ def _cell_notes(app, student: str) -> list[str]:
 # ---------------------------------------------------------------- the worker process
 
 def main(argv) -> None:
-    settings = json.loads(argv[0])
+    """A worker started as its own process (`command`)."""
+    run(json.loads(argv[0]))
+
+
+def run_forked(settings: dict, server, stdin_fd: int, stdout_fd: int, log_fd: int) -> None:
+    """A worker forked by the parent, which has imported nbgrader already and started `server` (its preload
+    queued): take the protocol's pipes and the log, then grade; never returns."""
+    code = 1
+    try:
+        os.setsid()  # its own process group, as a worker the parent starts with start_new_session
+        for fd, target in ((stdin_fd, 0), (stdout_fd, 1), (log_fd, 2)):
+            os.dup2(fd, target)
+            os.close(fd)
+        sys.stdin = open(0, closefd=False)
+        if server is not None:
+            server.adopt()
+        run(settings, server)
+        code = 0
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(BaseException):
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def run(settings: dict, server=None) -> None:
+    """Load nbgrader as `nbgrader autograde` would, then grade each student the parent sends on stdin."""
     replies = io.TextIOWrapper(os.fdopen(os.dup(1), "wb"), line_buffering=True)
     os.dup2(2, 1)  # stray prints (nbgrader, kernels) go to the log, never into the protocol
     sys.stdout = sys.stderr
@@ -339,9 +398,12 @@ def main(argv) -> None:
         with lock:
             replies.write(json.dumps(message) + "\n")
 
-    kernels = load_sibling("kernels")
+    kernels, sandbox = load_sibling("kernels"), load_sibling("sandbox")
+    sandbox.checked = bool(settings.get("checked"))  # the parent ran the start-up checks for this run
     kernels.on_launch = lambda pid: reply(event="kernel", pid=pid)  # so the parent can kill it on a hang
-    server = kernels.ForkServer() if settings.get("warm") else None  # imports ipykernel while nbgrader loads
+    preloaded = server is not None  # the parent queued what to preload
+    if server is None and settings.get("warm"):
+        server = kernels.ForkServer()  # in its sandbox, the server imports ipykernel while nbgrader loads here
     kernels.install(server)
     scratch = Path(tempfile.mkdtemp(prefix="grader-worker-"))
     try:
@@ -350,14 +412,8 @@ def main(argv) -> None:
     except BaseException as error:
         reply(event="broken", reason=_short(f"{type(error).__name__}: {error}", 400))
         raise
-    if server is not None:
-        preload = settings.get("preload")
-        if preload is None:  # what the notebooks of every assignment to grade import
-            preload = []
-            for assignment in settings.get("assignments") or [app.coursedir.assignment_id]:
-                app.coursedir.assignment_id = assignment
-                preload += [m for m in kernels.imported_modules(source_notebooks(app)) if m not in preload]
-        server.preload(preload)
+    if server is not None and not preloaded:
+        server.preload(preload_modules(app, settings), rerun=reruns_configured(app))
     log_dir = Path(settings["log_dir"]) if settings.get("log_dir") else None
     reply(event="ready", pid=os.getpid())
     try:
@@ -381,3 +437,47 @@ def main(argv) -> None:
         if server is not None:
             server.close()
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+class ForkedWorker:
+    """A worker forked from this process, with the parts of subprocess.Popen that Worker uses."""
+
+    def __init__(self, settings: dict, env: dict, log, server, others, siblings):
+        stdin_read, stdin_write = os.pipe()
+        stdout_read, stdout_write = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.pid = os.fork()
+        if self.pid == 0:
+            try:
+                os.close(stdin_write)
+                os.close(stdout_read)
+                for other in others:  # the other workers' servers are theirs alone
+                    other.release()
+                for sibling in siblings:  # and so are their pipes: a worker ends at its stdin's EOF
+                    for stream in (sibling.process.stdin, sibling.process.stdout, sibling.log):
+                        stream.close()
+                os.environ.clear()
+                os.environ.update(env)
+                run_forked(settings, server, stdin_read, stdout_write, os.dup(log.fileno()))
+            finally:
+                os._exit(1)
+        os.close(stdin_read)
+        os.close(stdout_write)
+        self.stdin, self.stdout = os.fdopen(stdin_write, "wb"), os.fdopen(stdout_read, "rb")
+        self.returncode = None
+
+    def poll(self):
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout=None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired("grading worker", timeout)
+            time.sleep(0.05)
+        return self.returncode

@@ -21,8 +21,8 @@ process never imports torch.
 
 import contextlib
 import hmac
-import importlib
-import operator
+import importlib.util
+import json
 import os
 import re
 import secrets
@@ -30,20 +30,30 @@ import shutil
 import site
 import sys
 import sysconfig
-import tempfile
 import time
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
-try:
-    from . import scoring
-except ImportError:  # loaded by path, as nbgrader_config.py does (scoring first, the same way)
-    import grader_scoring as scoring
-
 HERE = Path(__file__).resolve().parent
 PACKAGE = HERE.parent  # the grader package: trusted code, readable by graded code
-CHILD_MODULE = "grader.grading.rerun_child"
+
+
+def _sibling(name: str):
+    """grader/grading/<name>.py as module grader_<name>, by path: the warm server a grading worker installed in
+    grader_kernels is the one this module must find, however this module itself was imported."""
+    key = f"grader_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, HERE / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module
+        spec.loader.exec_module(module)
+    return sys.modules[key]
+
+
+try:
+    from . import scoring
+except ImportError:  # loaded by path, as nbgrader_config.py does: scoring by path too (once, shared with feedback)
+    scoring = _sibling("scoring")
 
 
 # ---------------------------------------------------------------- what graded code may touch
@@ -129,63 +139,52 @@ class Outcome:
             self.seconds = 0.0
 
 
-class _ChildModule:
-    """Pickles as `importlib.import_module(CHILD_MODULE)`, so this process never imports the grader package."""
-
-    def __reduce__(self):
-        return importlib.import_module, (CHILD_MODULE,)
-
-
-class _Serve:
-    """Pickles as `grader.grading.rerun_child.serve`, looked up in the child."""
-
-    def __reduce__(self):
-        return operator.attrgetter("serve"), (_ChildModule(),)
-
-
 class Rerunner:
-    """Runs a notebook's cells again, each notebook in a fresh fork of a server that imported torch and the grader once."""
-
-    _context = None
+    """Runs a notebook's cells again, each notebook in a fresh fork of the sandboxed warm server (`forkserver`),
+    which imported torch and the grader once: the grading worker's, or this process's own."""
 
     def __init__(self, cell_timeout: float = 60, startup_timeout: float = 120):
         self.cell_timeout, self.startup_timeout = cell_timeout, startup_timeout
 
-    @classmethod
-    def context(cls):
-        if cls._context is None:
-            import multiprocessing
-
-            cls._context = multiprocessing.get_context("forkserver")
-            cls._context.set_forkserver_preload([CHILD_MODULE])
-        return cls._context
-
     def run(self, cells, notebook_dir, *, course_root=None, secrets_paths=(), integrity=True, guard=True,
             processes=False) -> list[Outcome]:
-        """Run `cells` ((kind, grade_id, source) in order) with `notebook_dir` as the folder; one Outcome per cell."""
+        """Run `cells` ((kind, grade_id, source) in order) with a copy of `notebook_dir` as the folder; one
+        Outcome per cell."""
+        from multiprocessing.connection import Connection
+
+        kernels = _sibling("kernels")
         notebook_dir = os.path.realpath(notebook_dir)
-        tmp_dir = tempfile.mkdtemp(prefix="grader-rerun-")
-        key = secrets.token_bytes(32)
-        job = {"cells": [tuple(c) for c in cells], "notebook_dir": notebook_dir, "tmp_dir": tmp_dir, "key": key,
-               "integrity": integrity, "guard": guard,
-               "policy": policy(notebook_dir, tmp_dir, course_root or notebook_dir, secrets_paths, processes)}
-        context = self.context()
-        reader, writer = context.Pipe(duplex=False)
-        process = context.Process(target=_Serve(), args=(job, writer), daemon=True)
         outcomes = {i: Outcome(i, kind, grade_id, "missing", message="the re-run did not reach this cell")
                     for i, (kind, grade_id, _) in enumerate(cells)}
+        server = kernels.rerun_server(self.startup_timeout)
+        workspace = kernels.new_workspace(notebook_dir, server)
+        key = secrets.token_bytes(32)
+        job = {"cells": [list(c) for c in cells], "notebook_dir": workspace.work, "tmp_dir": workspace.tmp,
+               "integrity": integrity, "guard": guard,
+               "policy": policy(workspace.work, workspace.tmp, course_root or notebook_dir, secrets_paths, processes),
+               "env": {"HOME": workspace.home, "TMPDIR": workspace.tmp}}
+        job_read, job_write = os.pipe()
+        report_read, report_write = os.pipe()
+        reader, child = Connection(report_read, writable=False), None
         try:
-            with _main_module_hidden():
-                process.start()
-            writer.close()
-            self._collect(reader, process, key, outcomes)
+            try:
+                child = kernels.ForkedProcess(server, server.rerun(job_read, report_write))
+            finally:
+                os.close(job_read)
+                os.close(report_write)
+            with open(job_write, "wb") as job_pipe, contextlib.suppress(BrokenPipeError):
+                job_write = None  # the key goes to the child alone, never through the server
+                job_pipe.write(key + json.dumps(job).encode())
+            self._collect(reader, child, key, outcomes)
+        except (OSError, RuntimeError) as error:
+            self._lose(outcomes, None, f"the re-run could not run ({error})")
         finally:
-            if process.pid is not None:
-                if process.is_alive():
-                    process.kill()
-                process.join(5)
+            if job_write is not None:
+                os.close(job_write)
+            if child is not None:
+                child.kill()  # its process group; the server kills whatever else is left before its next fork
             reader.close()
-            shutil.rmtree(tmp_dir, ignore_errors=True)
+            kernels.release_workspace(workspace)
         return [outcomes[i] for i in range(len(cells))]
 
     def _collect(self, reader, process, key: bytes, outcomes: dict) -> None:
@@ -194,14 +193,16 @@ class Rerunner:
             started = time.monotonic()
             if not reader.poll(timeout):
                 where = f" in cell {outcomes[current].grade_id}" if current is not None else " while starting"
-                stopped = "stopped after" if process.is_alive() else "ended"
-                self._lose(outcomes, current, f"the re-run {stopped} {time.monotonic() - started:.0f} s{where}"
-                           + (" (time limit)" if process.is_alive() else f" ({_exit_text(process)})"))
+                alive = process.poll() is None
+                self._lose(outcomes, current, f"the re-run {'stopped after' if alive else 'ended'} "
+                           f"{time.monotonic() - started:.0f} s{where}"
+                           + (" (time limit)" if alive else f" ({_exit_text(process)})"))
                 return
             try:
                 frame = reader.recv_bytes(1 << 20)
             except (EOFError, OSError):
-                process.join(2)
+                with contextlib.suppress(Exception):
+                    process.wait(2)
                 where = f" in cell {outcomes[current].grade_id}" if current is not None else " before its first cell"
                 self._lose(outcomes, current, f"the re-run process ended{where} ({_exit_text(process)})")
                 return
@@ -229,18 +230,6 @@ class Rerunner:
                 outcome.message = reason
 
 
-@contextlib.contextmanager
-def _main_module_hidden():
-    """multiprocessing would import this process's __main__ (the nbgrader or pytest script) in every child:
-    show it an empty one while the child starts."""
-    main = sys.modules.get("__main__")
-    sys.modules["__main__"] = types.ModuleType("__main__")
-    try:
-        yield
-    finally:
-        sys.modules["__main__"] = main
-
-
 def _verify(key: bytes, frame: bytes):
     """The message's fields if its HMAC is the grader's, else None."""
     mac, message = frame[:32], frame[32:]
@@ -259,7 +248,7 @@ def unsigned_reason(frame: bytes) -> str:
 
 
 def _exit_text(process) -> str:
-    code = process.exitcode
+    code = process.poll()
     if code is None:
         return "still running"
     if code < 0:
@@ -414,7 +403,8 @@ _Bool, _Float, _List, _Unicode = _traits()
 
 
 class GuardedExecute(_Execute):
-    """nbgrader's Execute, with the kernel under `guard`'s audit hook from before the first cell."""
+    """nbgrader's Execute, with the kernel in the sandbox (in a copy of the notebook's folder) and under
+    `guard`'s audit hook from before the first cell."""
 
     guard = _Bool(True, help="Install the grading guard in the kernel before the first cell.").tag(config=True)
     preload = _List(_Unicode(), ["torch"], help="Modules the kernel imports before the guard is installed "
@@ -422,24 +412,51 @@ class GuardedExecute(_Execute):
     allow_processes = _Bool(None, allow_none=True, help="Let the notebook's code start processes (DataLoader workers, "
                             "torch.compile's compiler); None: when the OS sandbox holds the kernel.").tag(config=True)
 
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("kernel_manager_class", _sibling("kernels").kernel_manager_class())
+        super().__init__(*args, **kwargs)
+
     def preprocess(self, nb, resources=None, km=None):
+        kernels = _sibling("kernels")
+        resources = {} if resources is None else resources
+        self._preflight(resources)
+        metadata = resources.setdefault("metadata", {})
+        folder = metadata.get("path")
+        self._workspace = kernels.new_workspace(folder or os.getcwd())
+        metadata["path"] = self._workspace.work  # the kernel's cwd: the copy, in the sandbox
         self._guard_pending = self.guard
-        self._tmp_dir = tempfile.mkdtemp(prefix="grader-kernel-")
-        # Outside every folder the kernel may open: the guard writes its refusals to an fd opened before.
-        handle, self._log_path = tempfile.mkstemp(prefix="grader-refusals-", suffix=".log")
-        os.close(handle)
         started = time.monotonic()
         try:
             nb, resources = super().preprocess(nb, resources, km)
-            refused = Path(self._log_path).read_text(errors="replace").splitlines()
-            if resources is not None:
-                resources.setdefault("grader", {})["kernel_refusals"] = list(dict.fromkeys(refused))
-                resources["grader"]["kernel_seconds"] = time.monotonic() - started  # for the class report
+            refused = Path(self._workspace.log).read_text(errors="replace").splitlines()
+            resources.setdefault("grader", {})["kernel_refusals"] = list(dict.fromkeys(refused))
+            resources["grader"]["kernel_seconds"] = time.monotonic() - started  # for the class report
             return nb, resources
         finally:
-            shutil.rmtree(self._tmp_dir, ignore_errors=True)
-            with contextlib.suppress(OSError):
-                os.remove(self._log_path)
+            metadata["path"] = folder
+            kernels.release_workspace(self._workspace)
+
+    def _preflight(self, resources) -> None:
+        """Once per process, before the first kernel: the sandbox works and kernels import this grader package.
+        Otherwise stop the whole run, leaving no output for this student (the next run grades them)."""
+        sandbox = _sibling("sandbox")
+        if sandbox.checked:
+            return
+        from nbgrader.coursedir import CourseDirectory
+
+        coursedir = CourseDirectory(config=self.config)
+        info = resources.get("nbgrader", {})
+        hidden = _secrets(self.config, info.get("db_url", "")) + [
+            os.path.join(coursedir.root, coursedir.submitted_directory),
+            os.path.join(coursedir.root, coursedir.autograded_directory)]
+        try:
+            self.log.info("Grading defences: %s", sandbox.preflight(coursedir.root, secrets=hidden))
+        except (sandbox.StartupError, sandbox.SandboxUnavailable) as error:
+            output = resources.get("metadata", {}).get("path")
+            if output and info.get("student") and os.path.realpath(output) == os.path.realpath(coursedir.format_path(
+                    coursedir.autograded_directory, info["student"], info.get("assignment", ""))):
+                shutil.rmtree(output, ignore_errors=True)
+            raise SystemExit(f"nbgrader autograde: grading refused: {error}") from None
 
     def preprocess_cell(self, cell, resources, index):
         if getattr(self, "_guard_pending", False):
@@ -448,10 +465,11 @@ class GuardedExecute(_Execute):
         return super().preprocess_cell(cell, resources, index)
 
     def _install_guard(self, resources) -> None:
-        notebook_dir = os.path.realpath(resources.get("metadata", {}).get("path") or os.getcwd())
+        workspace = self._workspace
         db_url = resources.get("nbgrader", {}).get("db_url", "")
-        code = kernel_guard_code(notebook_dir, self._tmp_dir, _course_root(self.config), _secrets(self.config, db_url),
-                                 self.preload, self._log_path, processes_allowed(self.allow_processes))
+        code = kernel_guard_code(workspace.work, workspace.tmp, _course_root(self.config),
+                                 _secrets(self.config, db_url), self.preload, workspace.log,
+                                 processes_allowed(self.allow_processes))
         msg_id = self.kc.execute(code, silent=True, store_history=False)
         reply = self.wait_for_reply(msg_id)
         if reply is None or reply["content"]["status"] != "ok":

@@ -1,13 +1,15 @@
 """The re-run's child process: one notebook's cells again, out of the kernel, and a verdict per cell.
 
-`rerun.Rerunner` starts a multiprocessing forkserver that imports torch, the grader and this
-module once; `WATCH` (what the checks rely on, see `integrity`) is taken there, before any
-student code exists. Each notebook gets a fresh fork of that server, which runs `serve`:
+`rerun.Rerunner` asks the sandboxed warm server (`forkserver`), which imports torch, the grader
+and this module once, for a fresh fork per notebook; `WATCH` (what the checks rely on, see
+`integrity`) is taken there, before any student code exists. The fork, not dumpable, reads its
+job from a pipe and runs `serve`:
 
 1. it binds every function it will need to local variables, takes the job (cells, paths, the
-   key that signs its reports) and removes it from where multiprocessing left it;
-2. it moves into the notebook's folder, sends its own output to /dev/null, compiles every cell
-   and installs the audit hook of `guard` (files, sockets, ctypes, frames...);
+   key that signs its reports) and empties it;
+2. it moves into the notebook's folder, sends its own output to /dev/null, gives the cells a
+   fresh ``__main__`` module and a private temp folder, compiles every cell and installs the
+   audit hook of `guard` (files, sockets, processes, ctypes, frames...);
 3. it runs, in order, the locked cells (set-up, demos, tests with their hidden part) and the
    student's answer cells, in two namespaces (below). At every cell boundary, and whenever one of
    the student's functions returns to the code that called it from a locked cell or a check, the
@@ -269,8 +271,6 @@ def serve(job, conn):
     fd = conn.fileno()
     cells, notebook_dir, tmp_dir, policy = job["cells"], job["notebook_dir"], job["tmp_dir"], job["policy"]
     check_integrity, use_guard = job.get("integrity", True), job.get("guard", True)
-    process = sys.modules["multiprocessing"].current_process()
-    process._args, process._kwargs, process._target = (), {}, None
     job.clear()
 
     def send(*fields):
