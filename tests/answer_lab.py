@@ -8,7 +8,8 @@ Grading is the re-run's program (grader.grading.rerun.source_program), as in tes
 cells as the source holds them (hidden tests included) and the answer cells, in order, in one namespace. The
 runner executes the notebook once; at each answer cell it forks one child per corpus answer to that cell,
 which runs the answer in its place and the cells after it, and reports every test's outcome (passed, or the
-failure's text). A wrong answer's child stops once every test it must fail has run.
+failure's text). A wrong answer's child stops once every test it must fail has run; a right answer's once the
+tests of its exercise have run (at the next answer cell).
 
 `python tests/answer_lab.py ASSIGNMENT` prints one JSON line per answer; `--summary` prints the table of
 wrong answers rejected and right answers accepted, per assignment.
@@ -98,9 +99,13 @@ def grade(assignment: str, answers: list[Answer]) -> list[dict]:
     results = []
 
     def rest(index: int, first_source: str, must_fail: set) -> dict:
+        """Run the answer and the cells after it: a wrong answer until every test it must fail has run, a right
+        one through the tests of its exercise (up to the next answer cell once a test has run)."""
         outcomes = {}
         for position in range(index, len(program)):
             kind, grade_id, source = program[position]
+            if not must_fail and kind == "answer" and position > index and outcomes:
+                break
             failed = _run_cell(kind, grade_id, first_source if position == index else source, namespace)
             if kind == "test":
                 outcomes[grade_id] = failed
@@ -137,7 +142,7 @@ def verdict(answer: Answer, outcomes: dict) -> list[str]:
     problems = []
     if answer.right:
         problems += [f"{test} fails: {text}" for test, text in outcomes.items() if text]
-        return problems
+        return problems or ([] if outcomes else ["no test ran after it"])
     for test, fragments in answer.fails.items():
         text = outcomes.get(test, "")
         if test not in outcomes:

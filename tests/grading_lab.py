@@ -19,7 +19,8 @@ An attack file's docstring says what it does, then its fields: ``where`` (see `w
 reference answers rather than the blank release), ``first_line`` (a cell magic, put before the
 code), ``effect`` (``leak``: it aims at hidden test code in the feedback; ``script``: at running its
 script in formgrader or the feedback; by default at the score) and ``needs: processes`` (an honest
-case that needs the OS sandbox, which lets graded code start processes). Files named ``honest_*``
+case that needs the OS sandbox, which lets graded code start processes; ``contained``: why an attack
+that the sandbox lets run, and so leaves unflagged, still reaches nothing). Files named ``honest_*``
 are honest, correct answers: full marks, never flagged.
 """
 
@@ -107,6 +108,7 @@ class Attack:
     first_line: str = ""    # a cell magic (not Python, so it lives in the header): the cell's first line
     effect: str = "score"   # or "leak" (hidden tests in feedback), "script" (runs in formgrader or feedback)
     needs: str = ""         # "processes": an honest case that needs the OS sandbox
+    contained: str = ""     # why, inside the OS sandbox, the attempt runs unrefused (so unflagged) yet reaches nothing
 
     @property
     def honest(self) -> bool:
@@ -122,12 +124,19 @@ def load_attack(path: Path) -> Attack:
     if fields.get("first_line"):
         code = fields["first_line"] + "\n" + code
     return Attack(path.stem, title, fields["where"], float(fields["stock"]), code, fields.get("answers", "blank"),
-                  fields.get("first_line", ""), fields.get("effect", "score"), fields.get("needs", ""))
+                  fields.get("first_line", ""), fields.get("effect", "score"), fields.get("needs", ""),
+                  fields.get("contained", ""))
 
 
 CORPUS = [load_attack(p) for p in sorted(ATTACKS_DIR.glob("*.py"))]
 ATTACKS = [a for a in CORPUS if not a.honest]
 HONEST = [a for a in CORPUS if a.honest]
+# Attacks on what the kernel's or the re-run's process can reach (files, the gradebook, processes, fork servers).
+# The two commands start those processes differently (python -m grader autograde forks kernels from a warm server
+# in a sandbox; nbgrader autograde has bwrap start each kernel), so these also run under `nbgrader autograde` with
+# the course's configuration, with the honest cases. The in-process attacks meet the same preprocessors either way.
+LAUNCH_PATH = ("14_gradebook_write", "16_read_solution", "17_daemon", "30_fork_server", "31_sqlite_attach",
+               "32_dir_fd_chdir")
 
 
 def lab_source() -> nbformat.NotebookNode:
@@ -283,8 +292,9 @@ def warning_answers(answers: dict[str, str]) -> dict[str, str]:
 def graded_lab(tmp_path_factory) -> dict:
     """{"courses": {config: folder}, "seconds": {config: s}, "logs": {config: text}}, built once per test run.
 
-    "stock" is graded by `nbgrader autograde`, "ours" by `python -m grader autograde`; feedback is
-    generated for partly_wrong, reference and reference_warns. Under pytest-xdist the lab lives beside
+    "stock" is graded by `nbgrader autograde` with nbgrader's default preprocessors, "ours" by `python -m grader
+    autograde`, "nbgrader" by `nbgrader autograde` with the course's configuration (see `lab_students`); feedback
+    is generated for stock and ours. Under pytest-xdist the lab lives beside
     the workers' temp folders, and a lock lets the first worker that asks build it for all.
     """
     base = tmp_path_factory.getbasetemp()
@@ -298,22 +308,34 @@ def graded_lab(tmp_path_factory) -> dict:
             "seconds": done["seconds"], "logs": done["logs"]}
 
 
+def lab_students(config: str) -> list:
+    """The attacks and honest cases each configuration grades: stock (nbgrader's defaults, the baseline) every
+    attack; ours every case; nbgrader (the stock command with the course's configuration) the honest cases and
+    the attacks on the launch path. Honest cases are not graded by stock: it has no defence to mistake them."""
+    if config == "stock":
+        return ATTACKS
+    if config == "nbgrader":
+        return [a for a in CORPUS if a.honest or a.name in LAUNCH_PATH]
+    return CORPUS
+
+
 def _grade_lab(root: Path) -> dict:
     shutil.rmtree(root, ignore_errors=True)
-    courses = {config: make_lab_course(root / config, config) for config in ("stock", "ours")}
+    courses = {config: make_lab_course(root / config, config) for config in ("stock", "ours", "nbgrader")}
     answers = reference_answers()
-    for course in courses.values():
+    for config, course in courses.items():
         submit(course, "blank", release(course))
         submit(course, "reference", with_attack(course, "nowhere", "", answers))
-        submit(course, "reference_warns", with_attack(course, "nowhere", "", warning_answers(answers)))
-        submit(course, "partly_wrong", with_attack(course, "nowhere", "", PARTLY_WRONG))
-        for attack in CORPUS:
+        if config != "nbgrader":
+            submit(course, "reference_warns", with_attack(course, "nowhere", "", warning_answers(answers)))
+            submit(course, "partly_wrong", with_attack(course, "nowhere", "", PARTLY_WRONG))
+        for attack in lab_students(config):
             start = answers if attack.answers == "reference" else None
             submit(course, attack.name, with_attack(course, attack.where, attack.code, start))
     seconds = autograde_all(list(courses.values()), parallel=(courses["ours"],))
     time.sleep(5)  # the detached processes of 17_daemon and 31_fork_server write 3 s after their kernel is gone
-    for course in courses.values():
-        nbgrader("generate_feedback", ASSIGNMENT, "--force", cwd=course)
+    for config in ("stock", "ours"):
+        nbgrader("generate_feedback", ASSIGNMENT, "--force", cwd=courses[config])
     return {"courses": {config: str(course) for config, course in courses.items()},
             "seconds": {config: seconds[course] for config, course in courses.items()},
             "logs": {config: (course / "autograde.log").read_text() for config, course in courses.items()}}

@@ -12,12 +12,17 @@ what its file says, which is the comparison table of docs/grading-security.md (a
 equal). Attacks on what people see rather than on the score say so (``effect``): hidden test code in
 the feedback, a script that runs in formgrader or in the feedback; ours must show neither.
 
+A third run, "nbgrader", is the stock command (`nbgrader autograde`) with the repo's configuration: it grades
+the honest cases and the attacks on the launch path (grading_lab.LAUNCH_PATH: what the kernel's and the re-run's
+processes can reach, which the two commands start differently), which must fail there as under ours.
+
 The honest cases (``honest_*``) are correct answers written in ways the defences once mistook for
 attacks (%%time, %%capture, torch.compile, a temporary checkpoint, DataLoader workers): full marks
-and no flag under both. Those that start processes need the OS sandbox, which lets graded code do
-so (``needs: processes``); without it they must fail under ours, and the test says so (strict xfail).
+and no flag under both commands (stock, which has no defence, does not grade them). Those that start
+processes need the OS sandbox, which lets graded code do so (``needs: processes``); without it they
+must fail, and the test says so (strict xfail).
 
-The same run grades the reference (full marks in both) and a correct answer whose model makes torch
+The same runs grade the reference (full marks in each) and a correct answer whose model makes torch
 raise a UserWarning when it is built. Inside a check the warning is captured (grader.checks.report.quiet);
 the lab's last test builds the model outside any check, so the warning reaches the cell's stderr,
 which stock nbgrader scores as 0. Ours scores the re-run's verdict, which a warning does not change.
@@ -33,7 +38,7 @@ from grading_lab import ATTACKS, HONEST
 pytestmark = pytest.mark.notebooks
 slow = pytest.mark.slow
 
-DOC = ROOT / "docs" / "grading-security.md"
+TABLE_PAGES = (ROOT / "README.md", ROOT / "docs" / "grading-security.md")  # each holds the table between the markers
 TABLE_START, TABLE_END = "<!-- attack table: start -->", "<!-- attack table: end -->"
 
 
@@ -65,8 +70,8 @@ def test_the_corpus_is_varied():
 
 
 @slow
-def test_reference_full_marks_and_blank_zero_in_both(graded):
-    for config in ("stock", "ours"):
+def test_reference_full_marks_and_blank_zero_in_every_configuration(graded):
+    for config in ("stock", "ours", "nbgrader"):
         assert graded[config]["reference"] == (lab.MAX_SCORE, False), config
         assert graded[config]["blank"][0] == 0, config
 
@@ -85,8 +90,11 @@ def test_stock_nbgrader_gives_what_the_table_says(graded, attack):
 
 @slow
 def test_attacks_that_beat_stock_are_flagged_by_ours(graded):
-    """Where stock nbgrader gave points, ours scored 0 *and* flagged the notebook for the instructor."""
-    unflagged = [a.name for a in ATTACKS if a.stock > 0 and not graded["ours"][a.name][1]]
+    """Where stock nbgrader gave points, ours scored 0 *and* flagged the notebook for the instructor, unless the OS
+    sandbox let the attempt run (processes are allowed there) and held it: the attack says how (``contained``)."""
+    sandboxed = lab.allows_processes(graded["courses"]["ours"])
+    unflagged = [a.name for a in ATTACKS if a.stock > 0 and not graded["ours"][a.name][1]
+                 and not (sandboxed and a.contained)]
     assert not unflagged
 
 
@@ -99,10 +107,19 @@ def test_attacks_on_what_people_see_work_on_stock_only(graded, attack):
 
 
 @slow
-@pytest.mark.parametrize("config", ["stock", "ours"])
+@pytest.mark.parametrize("attack", [a for a in ATTACKS if a.name in lab.LAUNCH_PATH], ids=lambda a: a.name)
+def test_launch_path_attack_fails_under_nbgrader_autograde_too(graded, attack):
+    """The stock command with the course's configuration: bwrap starts each kernel, the re-run forks in a sandbox."""
+    score, flagged = graded["nbgrader"][attack.name]
+    assert score == graded["nbgrader"]["blank"][0] == 0, graded["logs"]["nbgrader"][-4000:]
+    assert flagged or (attack.contained and lab.allows_processes(graded["courses"]["nbgrader"]))
+
+
+@slow
+@pytest.mark.parametrize("config", ["nbgrader", "ours"])
 @pytest.mark.parametrize("case", HONEST, ids=lambda a: a.name)
 def test_honest_case_keeps_full_marks_unflagged(graded, request, case, config):
-    if config == "ours" and case.needs == "processes" and not lab.allows_processes(graded["courses"]["ours"]):
+    if case.needs == "processes" and not lab.allows_processes(graded["courses"][config]):
         request.applymarker(pytest.mark.xfail(strict=True, reason="it starts processes, which only the OS sandbox "
                                                                  "lets graded code do; the sandbox is off"))
     assert graded[config][case.name] == (lab.MAX_SCORE, False), graded["logs"][config][-4000:]
@@ -141,10 +158,19 @@ def markdown_table() -> str:
     return "\n".join(rows)
 
 
-def test_the_documented_table_is_the_corpus():
-    text = DOC.read_text()
+def write_tables() -> None:
+    """Regenerate the table between the markers of every page: `python tests/test_attacks.py`."""
+    for page in TABLE_PAGES:
+        before, rest = page.read_text().split(TABLE_START, 1)
+        page.write_text(f"{before}{TABLE_START}\n{markdown_table()}\n{TABLE_END}{rest.split(TABLE_END, 1)[1]}")
+
+
+@pytest.mark.parametrize("page", TABLE_PAGES, ids=lambda p: p.name)
+def test_the_documented_table_is_the_corpus(page):
+    text = page.read_text()
+    assert TABLE_START in text and TABLE_END in text, f"{page.name} lost its attack table markers"
     table = text.split(TABLE_START, 1)[1].split(TABLE_END, 1)[0].strip()
-    assert table == markdown_table(), f"regenerate the table in {DOC.name}:\n{markdown_table()}"
+    assert table == markdown_table(), f"regenerate the table in {page.name}: python tests/test_attacks.py"
 
 
 # ---------------------------------------------------------------- every assignment, through the re-run alone (fast)
@@ -157,20 +183,15 @@ def rerunner():
 
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
-def test_reference_passes_the_rerun_with_every_defence_on(rerunner, assignment, tmp_path):
-    from grader.grading.rerun import source_program
-
-    for path in sorted((ROOT / "solutions" / assignment).glob("*.ipynb")):
-        outcomes = rerunner.run(source_program(nbformat.read(path, as_version=4)), tmp_path, course_root=str(ROOT))
-        failed = [f"{o.grade_id}: {o.status} {o.error} {o.message[:300]}" for o in outcomes if o.status != "ok"]
-        assert not failed, f"{path.name}: " + "\n".join(failed)
-
-
-@pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_blank_release_fails_every_test_of_the_rerun(rerunner, assignment, tmp_path):
+    """The re-run alone, on each real unit (the reference's full marks through it: tests/test_assignments.py)."""
     from grader.grading.rerun import source_program
 
     for path in sorted((ROOT / "exercises" / assignment).glob("*.ipynb")):
         outcomes = rerunner.run(source_program(nbformat.read(path, as_version=4)), tmp_path, course_root=str(ROOT))
         passed = [o.grade_id for o in outcomes if o.kind == "test" and o.passed]
         assert not passed and any(o.kind == "test" for o in outcomes), f"{path.name}: the blank passes {passed}"
+
+
+if __name__ == "__main__":
+    write_tables()

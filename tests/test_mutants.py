@@ -5,7 +5,7 @@ notebook (a ModuleList made a list, a Parameter or a buffer made a plain tensor,
 swapped, a hook handle never removed, `with torch.no_grad()` dropped, super().__init__() dropped,
 an off-by-one, zero_grad()/step()/backward() dropped, .detach() inserted, an operator or a
 comparison swapped, a return or an assignment dropped...) and grades each mutant with the hidden
-tests. At least 90% of all mutants must fail a test; docs/grading-security.md lists the survivors
+tests. At least 95% of all mutants must fail a test; docs/grading-security.md lists the survivors
 and why each one is equivalent or accepted.
 """
 
@@ -41,7 +41,7 @@ EQUIVALENT = {
     ("07_debugging_clinic", "p11_answer", "True <-> False", "False"):
         "parameters(recurse=True) with the `seen` set still counts each tensor once",
 }
-KILL_RATE = 0.90
+KILL_RATE = 0.95  # issue 13's acceptance
 PARALLEL = 2
 
 
@@ -98,7 +98,7 @@ def test_every_assignment_has_mutants(graded):
         assert graded[path.parent.name], f"no mutation site found in {path}: are its answers marked BEGIN/END SOLUTION?"
 
 
-def test_at_least_90_percent_of_mutants_lose_points(graded):
+def test_at_least_95_percent_of_mutants_lose_points(graded):
     """Counted over every mutant, equivalent ones included (they cannot lose points, whatever the tests)."""
     rows = [r for a, records in graded.items() if not a.startswith("_") for r in records]
     killed = sum(r["killed"] for r in rows)

@@ -18,6 +18,9 @@ This module imports only the standard library, nbgrader and nh3: nbgrader_config
 """
 
 import ast
+import importlib.util
+import sys
+from pathlib import Path
 
 import nh3
 from nbgrader.preprocessors import NbGraderPreprocessor
@@ -25,8 +28,12 @@ from traitlets import List
 
 try:
     from . import scoring
-except ImportError:  # loaded by path, as nbgrader_config.py does (scoring first, the same way)
-    import grader_scoring as scoring
+except ImportError:  # loaded by path, as nbgrader_config.py does: scoring by path too (once, shared with rerun)
+    scoring = sys.modules.get("grader_scoring")
+    if scoring is None:
+        _spec = importlib.util.spec_from_file_location("grader_scoring", Path(__file__).with_name("scoring.py"))
+        scoring = sys.modules["grader_scoring"] = importlib.util.module_from_spec(_spec)
+        _spec.loader.exec_module(scoring)
 
 HIDDEN_NOTE = "# The test's code is not shown in feedback. Its verdict is below."
 NO_VERDICT = ["✗ the grader has no verdict from its re-run for this test, so it scores 0"]

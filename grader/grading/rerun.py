@@ -34,11 +34,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-try:
-    from . import scoring
-except ImportError:  # loaded by path, as nbgrader_config.py does (scoring first, the same way)
-    import grader_scoring as scoring
-
 HERE = Path(__file__).resolve().parent
 PACKAGE = HERE.parent  # the grader package: trusted code, readable by graded code
 
@@ -53,6 +48,12 @@ def _sibling(name: str):
         sys.modules[key] = module
         spec.loader.exec_module(module)
     return sys.modules[key]
+
+
+try:
+    from . import scoring
+except ImportError:  # loaded by path, as nbgrader_config.py does: scoring by path too (once, shared with feedback)
+    scoring = _sibling("scoring")
 
 
 # ---------------------------------------------------------------- what graded code may touch

@@ -3,6 +3,7 @@ manual scores into the gradebook.
 
 where: answer counting_functions
 stock: 5
+contained: in the OS sandbox a process may start (DataLoader workers do), so nothing refuses it; it sees no gradebook (not in the sandbox) and is killed before the next notebook starts (tests/test_sandbox.py)
 """
 import os
 import subprocess
