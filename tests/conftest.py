@@ -13,6 +13,9 @@ import nbformat
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# nbgrader's Gradebook runs `alembic` by name, in this process too: this interpreter's bin/ first on PATH, as
+# `make test` has it, also when pytest is started as .venv/bin/python -m pytest.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 ASSIGNMENTS = sorted(p.name for p in (ROOT / "solutions").iterdir() if p.is_dir() and p.name[:2].isdigit())
 
 
