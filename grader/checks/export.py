@@ -124,8 +124,8 @@ def explain_export_error(error: BaseException) -> tuple[str, str]:
     if constant:
         return (f"torch.export.export refused a dynamic batch: forward's code fixed the batch size to "
                 f"{constant.group(1)} (Constraints violated)",
-                "export runs forward once on the example and records what Python did; code that needs the exact batch "
-                "size (an `if` or a loop on len(x) or x.shape[0], a reshape to the example's size) turns the dynamic "
+                "export traces forward on fake tensors shaped like the example and records what Python did; "
+                "code that needs the exact batch size (an `if` or a loop on len(x) or x.shape[0], a reshape to the example's size) turns the dynamic "
                 f"size into a constant. {_COND_HINT}")
     guard = re.search(r"satisfy the generated guard (.+)", text)
     if guard:
